@@ -1,0 +1,56 @@
+"""Human output: everything here goes to stderr, except tables a user asked for on stdout."""
+
+from __future__ import annotations
+
+import sys
+
+
+def say(message: str, *, quiet: bool = False) -> None:
+    """A status line on stderr (silenced by -q)."""
+    if not quiet:
+        print(message, file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    print(f"kernelcli: warning: {message}", file=sys.stderr)
+
+
+def error(message: str) -> None:
+    print(f"kernelcli: error: {message}", file=sys.stderr)
+
+
+def stdout_console():
+    """A rich console on stdout, for tables printed to a terminal."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def format_weight(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if decimals else f"{value:.0f}"
+
+
+def decimals_needed(values, limit: int = 4) -> int:
+    """Fewest decimals (up to ``limit``) that print every value exactly, or ``limit``."""
+    for d in range(limit + 1):
+        if all(abs(round(v, d) - v) < 1e-12 for v in values):
+            return d
+    return limit
+
+
+def render_matrix(weights) -> "object":
+    """A rich Table of the weights, aligned on the decimal point, coloured by sign."""
+    from rich.table import Table
+
+    flat = [float(v) for row in weights for v in row]
+    d = decimals_needed(flat)
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    for _ in range(len(weights[0])):
+        table.add_column(justify="right")
+    for row in weights:
+        cells = []
+        for v in row:
+            style = "bold green" if v > 0 else "bold red" if v < 0 else "dim"
+            cells.append(f"[{style}]{format_weight(float(v), d)}[/]")
+        table.add_row(*cells)
+    return table

@@ -1,0 +1,194 @@
+"""The torch engine: borders, padding, stride, dilation, devices.
+
+Everything here works on float tensors of shape (N, C, H, W) and a 2-D weight matrix, and
+applies the weights as correlation (as written), like ``torch.nn.functional.conv2d``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import DeviceError, UsageError
+
+BORDERS = ("replicate", "reflect", "symmetric", "circular", "zeros", "constant")
+DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a kernel is laid over the image: borders, padding, stride, dilation.
+
+    ``padding`` is ``"same"`` (output keeps the input size at stride 1), ``"valid"`` (no
+    padding) or a number of pixels added on every side. ``border_value`` is used by the
+    ``constant`` border, in the image's own units (0–255 for 8-bit).
+    """
+
+    border: str = "replicate"
+    border_value: float = 0.0
+    padding: str | int = "same"
+    stride: int = 1
+    dilation: int = 1
+
+    def __post_init__(self):
+        if self.border not in BORDERS:
+            raise UsageError(f"unknown border {self.border!r}; choose one of {', '.join(BORDERS)}")
+        if not (self.padding in ("same", "valid") or (isinstance(self.padding, int) and self.padding >= 0)):
+            raise UsageError(f"padding must be 'same', 'valid' or a number >= 0, not {self.padding!r}")
+        if self.stride < 1 or self.dilation < 1:
+            raise UsageError("stride and dilation must be at least 1")
+
+
+def parse_border(text: str) -> tuple[str, float]:
+    """``replicate`` → ("replicate", 0); ``constant:128`` → ("constant", 128.0); ``zeros`` → constant 0."""
+    name, _, value = text.partition(":")
+    if name == "zeros" and not value:
+        return "zeros", 0.0
+    if name == "constant":
+        try:
+            return "constant", float(value) if value else 0.0
+        except ValueError:
+            raise UsageError(f"border {text!r}: write constant:V with a number V") from None
+    if name in BORDERS and not value:
+        return name, 0.0
+    raise UsageError(f"unknown border {text!r}; choose one of {', '.join(BORDERS[:-1])} or constant:V")
+
+
+def parse_padding(text: str) -> str | int:
+    if text in ("same", "valid"):
+        return text
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    raise UsageError(f"padding {text!r}: use same, valid or a number of pixels")
+
+
+def pad_amounts(shape: tuple[int, int], anchor: tuple[int, int], geo: Geometry) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) pixels added around the image for a kernel of ``shape``."""
+    (kh, kw), (ar, ac), d = shape, anchor, geo.dilation
+    if geo.padding == "same":
+        return d * ar, d * (kh - 1 - ar), d * ac, d * (kw - 1 - ac)
+    p = 0 if geo.padding == "valid" else geo.padding
+    return p, p, p, p
+
+
+def output_size(n: int, k: int, pad_total: int, stride: int = 1, dilation: int = 1) -> int:
+    """floor((n + pad_total - dilation*(k-1) - 1) / stride) + 1, as torch.nn.Conv2d."""
+    return (n + pad_total - dilation * (k - 1) - 1) // stride + 1
+
+
+def border_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """Source index for each position of a padded axis of length n + before + after.
+
+    Works for any pad size, also pads larger than the image (unlike torch's reflect).
+    """
+    i = np.arange(-before, n + after)
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1)
+    if mode == "circular":
+        return np.mod(i, n)
+    if mode == "symmetric":  # c b a | a b c d | d c b
+        m = np.mod(i, 2 * n)
+        return np.where(m >= n, 2 * n - 1 - m, m)
+    if mode == "reflect":  # d c b | a b c d | c b a
+        if n == 1:
+            return np.zeros_like(i)
+        m = np.mod(i, 2 * n - 2)
+        return np.where(m >= n, 2 * n - 2 - m, m)
+    raise ValueError(mode)
+
+
+def pad(x: torch.Tensor, amounts: tuple[int, int, int, int], border: str, value: float = 0.0) -> torch.Tensor:
+    """Pad the last two axes of ``x`` by (top, bottom, left, right) with a border mode."""
+    top, bottom, left, right = amounts
+    if not any(amounts):
+        return x
+    if border in ("zeros", "constant"):
+        return F.pad(x, (left, right, top, bottom), mode="constant", value=value)
+    h, w = x.shape[-2:]
+    rows = torch.from_numpy(border_index(h, top, bottom, border)).to(x.device)
+    cols = torch.from_numpy(border_index(w, left, right, border)).to(x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def correlate(
+    x: torch.Tensor, weights, anchor: tuple[int, int] | None = None, geo: Geometry = Geometry()
+) -> torch.Tensor:
+    """Correlate every channel of ``x`` (N, C, H, W) with one 2-D kernel; returns (N, C, H', W').
+
+    ``weights`` is a (kh, kw) array; ``anchor`` the (row, col) of the weight that lands on
+    the output pixel with ``padding='same'`` (default: the centre, or up-left of it).
+    """
+    w = torch.as_tensor(np.asarray(weights), dtype=x.dtype, device=x.device)
+    kh, kw = w.shape
+    if anchor is None:
+        anchor = ((kh - 1) // 2, (kw - 1) // 2)
+    top, bottom, left, right = pad_amounts((kh, kw), anchor, geo)
+    n, c, h, wd = x.shape
+    out_h = output_size(h, kh, top + bottom, geo.stride, geo.dilation)
+    out_w = output_size(wd, kw, left + right, geo.stride, geo.dilation)
+    if out_h < 1 or out_w < 1:
+        raise UsageError(
+            f"a {kh}x{kw} kernel (dilation {geo.dilation}) does not fit a {h}x{wd} image "
+            f"with padding {geo.padding!r}; use more padding or a smaller kernel"
+        )
+    padded = pad(x, (top, bottom, left, right), geo.border, geo.border_value)
+    flat = padded.reshape(n * c, 1, *padded.shape[-2:])
+    out = F.conv2d(flat, w[None, None], stride=geo.stride, dilation=geo.dilation)
+    return out.reshape(n, c, out_h, out_w)
+
+
+def sample_at_anchor(x: torch.Tensor, shape, anchor, geo: Geometry) -> torch.Tensor:
+    """The input value under each output pixel's anchor: the geometry without the weights.
+
+    Used to carry alpha and colour through stride/valid/padding unchanged. Borders replicate.
+    """
+    delta = np.zeros(shape)
+    delta[anchor] = 1.0
+    replicate = Geometry("replicate", 0.0, geo.padding, geo.stride, geo.dilation)
+    return correlate(x, delta, anchor, replicate)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N|mps`` (default: $KERNELCLI_DEVICE or auto) into a device.
+
+    Only ``auto`` falls back; an explicit device that is not available raises DeviceError.
+    """
+    name = (name or os.environ.get("KERNELCLI_DEVICE") or "auto").strip().lower()
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return _cuda(0)
+        return torch.device("mps") if mps_ok else torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not mps_ok:
+            raise DeviceError("device 'mps' is not available: this torch build or machine has no Apple GPU")
+        return torch.device("mps")
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if m:
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"device {name!r} is not available: {why}")
+        index = int(m.group(1) or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise DeviceError(f"device {name!r} is not available: only {count} CUDA device(s) (cuda:0…cuda:{count - 1})")
+        return _cuda(index)
+    raise DeviceError(f"unknown device {name!r}; use {DEVICES_HELP}")
+
+
+def _cuda(index: int) -> torch.device:
+    # Exact float32 results, not TF32 approximations (cuDNN allows TF32 by default).
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return torch.device("cuda", index)

@@ -1,0 +1,121 @@
+"""Filtering a Raster with a sequence of kernels: colour handling, alpha, value mapping.
+
+read → tensor → (per kernel: correlate → map to the output depth) → Raster
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .convolve import Geometry, correlate, resolve_device, sample_at_anchor
+from .errors import UsageError
+from .images import Raster
+from .kernels import Kernel
+from .mapping import Stats, check_mode, map_values
+
+COLOR_MODES = ("channels", "gray", "luma", "sum")
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's "L" conversion
+
+
+@dataclass(frozen=True)
+class Options:
+    """How kernels are applied. ``map=None`` uses each kernel's default (else clip);
+    ``bias=None`` uses each kernel's bias. ``raw`` skips mapping: float results out."""
+
+    geometry: Geometry = field(default_factory=Geometry)
+    convolve: bool = False
+    color: str = "channels"
+    map: str | None = None
+    scale: float = 1.0
+    bias: float | None = None
+    raw: bool = False
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.color not in COLOR_MODES:
+            raise UsageError(f"unknown color mode {self.color!r}; choose one of {', '.join(COLOR_MODES)}")
+        if self.map is not None:
+            check_mode(self.map)
+
+
+def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> tuple[Raster, list[Stats]]:
+    """Apply ``kernels`` in sequence. Unless ``options.raw``, each step's result is mapped
+    and rounded to the output bit depth before the next, so a chain of separate runs gives
+    the same pixels as one run. Returns the new Raster and each step's Stats."""
+    device = resolve_device(options.device)
+    wide = raster.pixels.dtype == np.float64 or (raster.maxval or 0) > 255
+    dtype = torch.float64 if wide else torch.float32
+    maxval = raster.maxval or 255.0
+    geo = options.geometry
+
+    x = torch.from_numpy(np.ascontiguousarray(raster.pixels)).to(device, dtype)[None]
+    alpha = None
+    if raster.alpha is not None:
+        alpha = torch.from_numpy(raster.alpha).to(device, dtype)[None, None] / maxval
+    # Fully opaque: filter like plain colour (exactly), but still carry alpha to the output.
+    see_through = alpha is not None and bool((alpha < 1).any())
+    if options.color == "gray" and x.shape[1] == 3:
+        x = _luma(x)
+
+    stats = []
+    for kernel in kernels:
+        k = kernel.flipped() if options.convolve else kernel
+        y = _filter(x, alpha if see_through else None, k, geo, options.color)
+        if alpha is not None:
+            alpha = sample_at_anchor(alpha, k.shape, k.anchor, geo)
+        if options.raw:
+            stats.append(Stats(float(y.min()), float(y.max()), 0.0))
+        else:
+            bias = kernel.bias if options.bias is None else options.bias
+            y, st = map_values(y, options.map or kernel.map or "clip", maxval, scale=options.scale, bias=bias)
+            stats.append(st)
+        x = y
+
+    out_alpha = None
+    if alpha is not None:
+        out_alpha = torch.round(alpha[0, 0] * maxval).cpu().numpy()
+    result = Raster(
+        pixels=x[0].cpu().numpy(),
+        alpha=out_alpha,
+        maxval=None if options.raw else maxval,
+        format=raster.format,
+        icc_profile=raster.icc_profile,
+        exif=raster.exif,
+    )
+    return result, stats
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def _filter(x, alpha, k: Kernel, geo: Geometry, color: str) -> torch.Tensor:
+    if color == "luma" and x.shape[1] == 3:
+        # Filter luminance only; adding the change of Y to R, G and B keeps Cb and Cr.
+        y = _luma(x)
+        delta = _correlate_alpha(y, alpha, k, geo) - sample_at_anchor(y, k.shape, k.anchor, geo)
+        return sample_at_anchor(x, k.shape, k.anchor, geo) + delta
+    out = _correlate_alpha(x, alpha, k, geo)
+    return out.sum(1, keepdim=True) if color == "sum" else out
+
+
+def _correlate_alpha(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
+    """Correlate colour; with transparency, filter premultiplied colour and renormalise so
+    transparent pixels (whatever colour they store) do not bleed in as dark halos.
+
+    colour = corr(c·a) / (corr(a) / sum(w)) for kernels with a non-zero sum (a weighted
+    average over visible pixels); zero-sum kernels divide by the pixel's own alpha.
+    """
+    weights = k.weights
+    if alpha is None:
+        return correlate(x, weights, k.anchor, geo)
+    num = correlate(x * alpha, weights, k.anchor, geo)
+    own = sample_at_anchor(alpha, k.shape, k.anchor, geo)
+    total = float(weights.sum())
+    den = correlate(alpha, weights, k.anchor, geo) / total if abs(total) > 1e-9 else own
+    den = torch.where(den > 1e-6, den, own)
+    return torch.where(own > 0, num / den.clamp_min(1e-6), torch.zeros_like(num))

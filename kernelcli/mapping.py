@@ -1,0 +1,62 @@
+"""Float filter results → output values: clip, abs, offset, normalize; never wrap.
+
+Results are in the image's own units (0–255 for 8-bit). Edge kernels sum to zero and give
+negative values: ``clip`` drops them, ``abs`` folds them, ``offset`` adds mid-gray so both
+signs show, ``normalize`` stretches min–max to the full range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UsageError
+from .kernels import MAP_MODES
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Pre-mapping range of a result and the share of values that clipping changed."""
+
+    minimum: float
+    maximum: float
+    clipped: float  # fraction of values outside 0..maxval after mapping, before the clip
+
+
+def parse_bias(text: str) -> float:
+    """``0.5`` or ``50%`` → 0.5 (a fraction of full scale)."""
+    t = text.strip()
+    try:
+        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UsageError(f"bias {text!r}: write a fraction such as 0.5 or a percentage such as 50%") from None
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MAP_MODES:
+        raise UsageError(f"unknown map {mode!r}; choose one of {', '.join(MAP_MODES)}")
+    return mode
+
+
+def map_values(
+    x: torch.Tensor, mode: str, maxval: float, *, scale: float = 1.0, bias: float = 0.0
+) -> tuple[torch.Tensor, Stats]:
+    """Map ``x`` into 0..maxval, rounded half-to-even: ``mode(x * scale + bias * maxval)``.
+
+    ``offset`` adds mid-gray (128 for 8-bit); ``normalize`` stretches the result's global
+    min–max (over all channels) to 0..maxval, and leaves a flat result at mid-gray.
+    """
+    check_mode(mode)
+    y = x * scale + bias * maxval if (scale != 1.0 or bias) else x
+    lo, hi = float(y.min()), float(y.max())
+    if mode == "abs":
+        y = y.abs()
+    elif mode == "offset":
+        y = y + (maxval + 1) / 2
+    elif mode == "normalize":
+        y = (y - lo) * (maxval / (hi - lo)) if hi > lo else torch.full_like(y, (maxval + 1) / 2)
+    outside = ((y < 0) | (y > maxval)).float().mean().item() if y.numel() else 0.0
+    out = torch.round(y).clamp_(0, maxval)
+    return out, Stats(lo, hi, outside)
+
