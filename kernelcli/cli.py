@@ -1,6 +1,6 @@
 """The command line: parse options, call the library, report. No image logic here.
 
-Exit codes: 0 ok · 1 runtime failure · 2 usage or configuration error.
+Exit codes: 0 ok · 1 runtime failure · 2 usage error · 3 some inputs of a batch failed · 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .console import error, say, warn
-from .errors import KernelcliError, UsageError
+from .console import error, make_progress, say, warn
+from .errors import KernelcliError, UsageError, WriteError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-EXIT_CODES_HELP = "Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error."
 
 
 class Group(click.Group):
@@ -208,90 +207,259 @@ def build_options(border, padding, stride, dilation, convolve, color, map_mode, 
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF",
            "bmp": "BMP", "npy": "NPY", "csv": "CSV"}
+EXIT_CODES_BATCH = (
+    "Exit codes: 0 all done; 1 runtime failure (a single input failed, or the destination "
+    "failed); 2 usage or configuration error, before any work; 3 the batch finished but some "
+    "inputs failed; 130 interrupted (143 on SIGTERM)."
+)
 
 
-@main.command(context_settings=CONTEXT, epilog=EXIT_CODES_HELP)
+@main.command(context_settings=CONTEXT, epilog=EXIT_CODES_BATCH)
 @click.option("-k", "--kernel", "kernel_specs", multiple=True, required=True, metavar="KERNEL",
               help='Kernel name or inline matrix ("0,-1,0; -1,5,-1; 0,-1,0"); repeat to chain.')
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=True, allow_dash=True))
-@click.option("-o", "--output", metavar="PATH", help="Output file, or - for stdout  [default: INPUT's folder, "
-              "named {stem}-{kernel}{ext}; stdout when INPUT is -].")
-@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), help="Output format for stdout (or to check -o).")
+@click.argument("inputs", nargs=-1, metavar="INPUT...", type=click.Path(allow_dash=True))
+@click.option("-o", "--output", metavar="PATH", help="Output file, folder (several inputs, a folder input, "
+              "or a name ending in /), or - for stdout  [default: beside each input; stdout when INPUT is -].")
+@click.option("--name", "template", metavar="TEMPLATE", help="Output file name from {stem} {ext} {kernel} "
+              "{parent}  [default: {stem}-{kernel}{ext} beside inputs, {stem}{ext} under -o DIR].")
+@click.option("--each", is_flag=True, help="One output per -k (each kernel alone) instead of a chain.")
+@click.option("-r", "--recursive", is_flag=True, help="Descend into sub-folders of folder inputs.")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (name or relative path).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (name or relative path).")
+@click.option("--files-from", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Read input paths from FILE (- for stdin), one per line.")
+@click.option("-0", "--null", is_flag=True, help="--files-from list is NUL-separated (find -print0).")
+@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), help="Output format (converts on the way).")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input).")
+@click.option("--skip-existing", is_flag=True, help="Keep existing outputs and skip their inputs (resume a run).")
+@click.option("--report", "report_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write one JSON line per input: input, outputs, status, error.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), help="Files worked on at once  [default: CPU cores].")
 @click.option("--stats", is_flag=True, help="Print each step's value range and share clipped to stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Print a line per file.")
 @geometry_options
 @kernel_files_option
-def apply(kernel_specs, input_path, output, fmt, quality, overwrite, stats, quiet, kernel_files, **geo):
-    """Filter INPUT (an image, .npy/.csv array, or - for stdin) with kernels in sequence.
+def apply(kernel_specs, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
+          quality, overwrite, skip_existing, report_path, jobs, stats, quiet, verbose, kernel_files, **geo):
+    """Filter images (files, folders, .npy/.csv arrays, or - for stdin) with kernels.
 
     \b
     Examples:
-      kernelcli apply -k sharpen photo.jpg
+      kernelcli apply -k sharpen photo.jpg                 # → photo-sharpen.jpg
       kernelcli apply -k blur -k outline photo.jpg -o edges.png
-      kernelcli apply -k "1, -1" --padding valid samples/band-6x8.csv -o -
+      kernelcli apply -k blur photos/ -o out/ --recursive --jobs 2
+      find . -name '*.png' -print0 | kernelcli apply -k emboss --files-from - -0 -o out/
+      kernelcli apply -k sobel-left -k sobel-right --each photo.jpg -o edges/
       cat in.png | kernelcli apply -k emboss - -o - | kernelcli apply -k sharpen - -o - > out.png
 
     Kernels apply as correlation (weights as written, like torch and OpenCV); --convolve
     flips them. Images keep their bit depth (8 or 16); .npy/.csv outputs hold the raw float
     result. With several -k, each step is mapped to the output depth before the next.
     """
-    from .filters import apply_kernels
-    from .images import extension_for, format_for_path, read
+    from .batch import check_template
 
+    if overwrite and skip_existing:
+        raise UsageError("--overwrite and --skip-existing contradict each other; choose one")
+    if template is not None:
+        check_template(template)
+    if files_from == "-" and "-" in inputs:
+        raise UsageError("stdin cannot hold both the image and the --files-from list")
+    if files_from == "-" and sys.stdin.isatty():
+        raise UsageError("--files-from -: stdin is a terminal; pipe a list of paths in")
+    if not inputs and files_from is None:
+        raise UsageError("no input given; name files or folders, - for stdin, or --files-from")
     library = load_library(kernel_files)
     kernels_ = [library.resolve(spec) for spec in kernel_specs]
-    from_stdin = input_path == "-"
-    if from_stdin and sys.stdin.isatty():
+    options = build_options(raw=False, **geo)
+    from .convolve import resolve_device
+
+    resolve_device(options.device)  # an unavailable device is a usage error, before any work
+    job = _Render(kernels_, options, quality, stats)
+    if "-" in inputs or output == "-":
+        return _apply_stream(job, inputs, output, fmt, files_from, each, overwrite)
+    _apply_batch(job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
+                 overwrite, skip_existing, report_path, jobs, quiet, verbose)
+
+
+class _Render:
+    """One raster through one group of kernels into encoded bytes, with --stats lines."""
+
+    def __init__(self, kernels_, options, quality, stats):
+        self.kernels, self.options, self.quality, self.stats = kernels_, options, quality, stats
+
+    def __call__(self, raster, group, fmt, name) -> bytes:
+        from dataclasses import replace
+
+        from .filters import apply_kernels
+        from .images import encode
+
+        result, step_stats = apply_kernels(raster, list(group), replace(self.options, raw=fmt in ("NPY", "CSV")))
+        if self.stats:
+            for k, st in zip(group, step_stats):
+                say(f"{name}: {k.name}: min {st.minimum:g}, max {st.maximum:g}, clipped {st.clipped:.2%}")
+        return encode(result, fmt, quality=self.quality, name=str(name))
+
+
+def _apply_stream(job, inputs, output, fmt, files_from, each, overwrite):
+    """One image from stdin or a file, to stdout or a file."""
+    from .images import format_for_path, read, write_atomic
+
+    if len(inputs) != 1 or files_from is not None or each and len(job.kernels) > 1:
+        raise UsageError("- (stdin/stdout) takes exactly one input and one output")
+    source = inputs[0]
+    if source == "-" and sys.stdin.isatty():
         raise UsageError("no input: stdin is a terminal; pipe an image in or name a file")
-    if output is None and from_stdin:
-        output = "-"
-    to_stdout = output == "-"
-    if to_stdout and sys.stdout.isatty():
+    if source != "-" and not os.path.isfile(source):
+        raise UsageError(f"{source}: {'is a directory' if os.path.isdir(source) else 'no such file'}")
+    output = output or "-"
+    if output == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
-    if not from_stdin and not os.path.exists(input_path):
-        raise UsageError(f"{input_path}: no such file")
-    if not from_stdin and os.path.isdir(input_path):
-        raise UsageError(f"{input_path}: is a directory; give an image file")
-
-    # Decide the output before reading, so usage errors come before any work.
-    if to_stdout:
-        out_fmt = FORMATS[fmt] if fmt else None
-    else:
-        if output is None:
-            stem, ext = os.path.splitext(input_path)
-            ext = extension_for(FORMATS[fmt]) if fmt else ext
-            output = f"{stem}-{'+'.join(k.name for k in kernels_)}{ext}"
-        out_fmt = format_for_path(output)
-        if fmt and FORMATS[fmt] != out_fmt:
-            raise UsageError(f"--format {fmt} does not match the output name {output}")
-        if os.path.exists(output):
-            if os.path.exists(input_path) and os.path.samefile(output, input_path):
-                raise UsageError(f"{output}: is the input; refusing to overwrite it")
-            if not overwrite:
-                raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
-
-    raster = read(input_path, sys.stdin.buffer.read() if from_stdin else None)
+    out_fmt = FORMATS[fmt] if fmt else None
+    if output != "-":
+        out_fmt = _check_format(format_for_path(output), fmt, output)
+        if os.path.exists(output) and not overwrite:
+            raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
+        if source != "-" and os.path.exists(output) and os.path.samefile(source, output):
+            raise UsageError(f"{output}: is the input; refusing to overwrite it")
+    raster = read(source, sys.stdin.buffer.read() if source == "-" else None)
     for note in raster.notes:
         warn(note)
-    if out_fmt is None:
-        out_fmt = raster.format if raster.format in FORMATS.values() else "PNG"
-    options = build_options(raw=out_fmt in ("NPY", "CSV"), **geo)
-    result, step_stats = apply_kernels(raster, kernels_, options)
-    if stats:
-        for k, st in zip(kernels_, step_stats):
-            say(f"{k.name}: min {st.minimum:g}, max {st.maximum:g}, clipped {st.clipped:.2%}")
-
-    from .images import encode, write_atomic
-
-    data = encode(result, out_fmt, quality=quality, name=output)
-    if to_stdout:
+    out_fmt = out_fmt or (raster.format if raster.format in FORMATS.values() else "PNG")
+    data = job(raster, job.kernels, out_fmt, "-" if output == "-" else output)
+    if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
         write_atomic(output, data, overwrite=overwrite)
-        say(f"wrote {output}", quiet=quiet)
+
+
+def _check_format(out_fmt, fmt, output):
+    if fmt and FORMATS[fmt] != out_fmt:
+        raise UsageError(f"--format {fmt} does not match the output name {output}")
+    return out_fmt
+
+
+def _apply_batch(job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
+                 overwrite, skip_existing, report_path, jobs, quiet, verbose):
+    import signal
+    import threading
+
+    from . import batch
+    from .images import extension_for, format_for_path, read, write_atomic
+
+    listed = []
+    if files_from is not None:
+        data = sys.stdin.buffer.read() if files_from == "-" else Path(files_from).read_bytes()
+        listed = batch.read_list(data, null)
+    dir_mode = bool(output) and (
+        output.endswith(("/", os.sep)) or os.path.isdir(output) or len(inputs) + len(listed) > 1
+        or any(os.path.isdir(p) for p in inputs) or (each and len(job.kernels) > 1)
+    )
+    sources, bad = batch.find_inputs(inputs, recursive=recursive, include=include, exclude=exclude,
+                                     listed=listed, avoid=output if dir_mode else None)
+    if not sources and not bad:
+        where = ", ".join(inputs) or files_from
+        raise UsageError(f"no input images found in {where}" + ("" if recursive else " (use --recursive for sub-folders)"))
+    single = len(sources) + len(bad) == 1 and not any(os.path.isdir(p) for p in inputs)
+    if single and bad:
+        raise UsageError(bad[0].error)
+
+    groups = [(k,) for k in job.kernels] if each else [tuple(job.kernels)]
+    out_file = output if output and not dir_mode else None
+    if out_file:
+        if len(groups) > 1:
+            raise UsageError("--each writes several outputs; give -o a folder (ending in /)")
+        _check_format(format_for_path(out_file), fmt, out_file)
+    if template is None:
+        template = "{stem}{ext}" if dir_mode and not each else "{stem}-{kernel}{ext}"
+
+    def ext_for(source):
+        return extension_for(FORMATS[fmt]) if fmt else source.path.suffix
+
+    jobs_ = batch.plan(sources, groups, out_dir=output if dir_mode else None, out_file=out_file, template=template,
+                       ext_for=ext_for, overwrite=overwrite, skip_existing=skip_existing)
+    jobs_ += bad
+    for j in jobs_:  # output formats are known from the names: check them before any work
+        for o in j.outputs:
+            format_for_path(o.path)
+
+    stop = threading.Event()
+    report = batch.Report(total=len(jobs_), on_fail=lambda j, message: error(message))
+    progress = make_progress(len(jobs_), quiet)
+
+    def read_warned(path):
+        raster = read(path)
+        for note in raster.notes:
+            warn(note)
+        return raster
+
+    def write(path, data):
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"{Path(path).parent}: cannot create folder: {exc.strerror or exc}") from None
+        write_atomic(path, data, overwrite=overwrite)
+
+    def process(j):
+        render = lambda raster, group, path: job(raster, group, format_for_path(path), path)  # noqa: E731
+        return batch.process_job(j, read=read_warned, render=render, write=write, stop=stop)
+
+    def on_done(j):
+        if progress is not None:
+            progress.advance(1)
+        if verbose and not quiet:
+            say(f"{j.source.path} -> {', '.join(str(o.path) for o in j.outputs) or '-'}")
+
+    if report_path:
+        report.stream = open(report_path, "w", encoding="utf-8")
+    workers = jobs or os.cpu_count() or 1
+    _share_threads(workers)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
+    code = fatal = None
+    try:
+        batch.run(jobs_, process, workers=workers, report=report, stop=stop, on_done=on_done)
+    except batch.Interrupted as exc:
+        code = exc.exit_code
+    except WriteError as exc:
+        fatal = exc
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if progress is not None:
+            progress.close()
+        if report.stream is not None:
+            report.stream.close()
+    ctx = click.get_current_context()
+    if fatal is not None:
+        say(f"stopped: {report.summary()}")
+        ctx.exit(1)
+    if single and code is None:
+        if not quiet and report.processed:
+            say(f"wrote {', '.join(str(o.path) for o in jobs_[0].outputs)}")
+        elif not quiet and report.skipped:
+            say(f"skipped {jobs_[0].source.path}: output exists")
+        ctx.exit(report.exit_code)
+    if not quiet or report.failed or code:
+        say(report.summary() + (" (interrupted)" if code else ""))
+        for path, _ in report.failed:
+            say(f"  failed: {path}")
+    ctx.exit(code or report.exit_code)
+
+
+def _raise_terminated(signum, frame):
+    from .batch import Terminated
+
+    raise Terminated()
+
+
+def _share_threads(workers: int) -> None:
+    """Split the cores between files in flight and torch's own threads."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 if __name__ == "__main__":

@@ -54,3 +54,31 @@ def render_matrix(weights) -> "object":
             cells.append(f"[{style}]{format_weight(float(v), d)}[/]")
         table.add_row(*cells)
     return table
+
+
+def make_progress(total: int, quiet: bool = False):
+    """A started rich progress bar on stderr (count, rate, ETA), or None when stderr is not
+    a terminal or output is quiet. Call ``advance(n)`` and ``close()``."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.1f} files/s" if task.speed else "")
+
+    bar = Progress(BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    task = bar.add_task("filtering", total=total)
+    bar.start()
+
+    class Handle:
+        def advance(self, n=1):
+            bar.advance(task, n)
+
+        def close(self):
+            bar.stop()
+
+    return Handle()

@@ -31,3 +31,7 @@ class DeviceError(UsageError):
 
 class ImageError(KernelcliError):
     """An input could not be read or an output could not be written (exit 1)."""
+
+
+class WriteError(ImageError):
+    """The destination failed (disk full, read-only, no permission): a batch stops (exit 1)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageError, UsageError
+from .errors import ImageError, UsageError, WriteError
 
 # Decoders we allow, by content; EPS/PDF/PSD/FITS and friends are never invoked.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF", "PPM", "TGA")
@@ -243,7 +243,7 @@ def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> N
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
     except OSError as exc:
-        raise ImageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise WriteError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -260,7 +260,7 @@ def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> N
                     raise ImageError(f"{path}: already exists; pass --overwrite to replace it") from None
                 os.replace(tmp, path)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise WriteError(f"{path}: cannot write: {exc.strerror or exc}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

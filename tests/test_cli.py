@@ -51,7 +51,7 @@ def test_existing_output_is_refused_before_work_and_kept(gray_png):
     out.write_bytes(b"precious")
     result = run("apply", "-k", "sharpen", path)
     assert result.exit_code == 2
-    assert result.stderr == f"kernelcli: error: {out}: already exists; pass --overwrite to replace it\n"
+    assert result.stderr == f"kernelcli: error: {out}: already exists; pass --overwrite to replace it or --skip-existing to keep it\n"
     assert out.read_bytes() == b"precious"
     assert run("apply", "-k", "sharpen", path, "--overwrite").exit_code == 0
     assert out.read_bytes().startswith(b"\x89PNG")
@@ -62,7 +62,7 @@ def test_output_equal_to_input_is_refused(gray_png):
     before = path.read_bytes()
     result = run("apply", "-k", "blur", path, "-o", path, "--overwrite")
     assert result.exit_code == 2
-    assert "is the input; refusing to overwrite it" in result.stderr
+    assert "is an input; refusing to overwrite it" in result.stderr
     assert path.read_bytes() == before
 
 
@@ -82,7 +82,7 @@ def test_unknown_kernel_is_a_usage_error_with_suggestion(gray_png):
 
 @pytest.mark.parametrize("args, code, message", [
     (["apply", "-k", "blur", "missing.png"], 2, "missing.png: no such file"),
-    (["apply", "-k", "blur", "{tmp}"], 2, "is a directory"),
+    (["apply", "-k", "blur", "{tmp}/empty"], 2, "no input images found in"),
     (["apply", "-k", "blur", "--border", "mirror", "{img}"], 2, "unknown border 'mirror'"),
     (["apply", "-k", "blur", "--padding", "lots", "{img}"], 2, "padding 'lots'"),
     (["apply", "-k", "blur", "--device", "cuda:7", "{img}"], 2, "device 'cuda:7' is not available"),
@@ -94,6 +94,7 @@ def test_unknown_kernel_is_a_usage_error_with_suggestion(gray_png):
 def test_error_exit_codes(tmp_path, gray_png, args, code, message):
     text = tmp_path / "fake.jpg"
     text.write_text("hello")
+    (tmp_path / "empty").mkdir()
     args = [a.format(tmp=tmp_path, img=gray_png[0], text=text) for a in args]
     result = run(*args)
     assert result.exit_code == code, result.output

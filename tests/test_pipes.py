@@ -10,21 +10,17 @@ SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "camera.png"
 KCLI = [sys.executable, "-m", "kernelcli"]
 
 
-def test_chain_of_processes_equals_one_process():
-    data = SAMPLE.read_bytes()
-    one = subprocess.run(KCLI + ["apply", "-k", "emboss", "-k", "sharpen", "-", "-o", "-"],
-                         input=data, capture_output=True, check=True)
-    first = subprocess.Popen(KCLI + ["apply", "-k", "emboss", "-", "-o", "-"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    second = subprocess.Popen(KCLI + ["apply", "-k", "sharpen", "-", "-o", "-"],
-                              stdin=first.stdout, stdout=subprocess.PIPE)
-    first.stdout.close()
-    first.stdin.write(data)
-    first.stdin.close()
-    chained = second.stdout.read()
-    second.stdout.close()
-    assert second.wait() == 0 and first.wait() == 0
-    assert chained == one.stdout and chained.startswith(b"\x89PNG")
+def test_chain_of_three_processes_equals_one_process():
+    one = subprocess.run(KCLI + ["apply", "-k", "blur", "-k", "emboss", "-k", "sharpen", str(SAMPLE), "-o", "-"],
+                         capture_output=True, check=True)
+    chain = (
+        f"{sys.executable} -m kernelcli apply -k blur - -o - < '{SAMPLE}'"
+        f" | {sys.executable} -m kernelcli apply -k emboss - -o -"
+        f" | {sys.executable} -m kernelcli apply -k sharpen - -o -"
+    )
+    chained = subprocess.run(["bash", "-o", "pipefail", "-c", chain], capture_output=True, check=True)
+    assert chained.stderr == b""
+    assert chained.stdout == one.stdout and chained.stdout.startswith(b"\x89PNG")
 
 
 def test_reader_closing_early_is_quiet():

@@ -1,0 +1,292 @@
+"""Batches: find inputs, plan every (input → output) before any work, run, report.
+
+Plan first, act second: all refusals (existing outputs, an output that is an input, two
+inputs onto one output) happen before the first file is read. Work then runs on a thread
+pool; a bad input is recorded and the batch goes on, a failing destination stops it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import string
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import KernelcliError, UsageError, WriteError
+
+IMAGE_EXTENSIONS = {
+    ".png", ".jpg", ".jpeg", ".jpe", ".webp", ".tif", ".tiff", ".bmp", ".gif",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".npy", ".csv",
+}
+TEMPLATE_FIELDS = ("stem", "ext", "kernel", "parent")
+
+
+class Interrupted(Exception):
+    """The batch was asked to stop (Ctrl-C or SIGTERM); finished outputs are kept."""
+
+    def __init__(self, exit_code: int = 130):
+        super().__init__("interrupted")
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the CLI's signal handler (exit 143, not 130)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input file and the relative path its outputs mirror under -o DIR."""
+
+    path: Path
+    rel: Path
+
+
+@dataclass
+class Output:
+    path: Path
+    kernels: tuple  # the kernels applied in sequence for this output
+    skip: bool = False
+
+
+@dataclass
+class Job:
+    source: Source
+    outputs: list[Output]
+    error: str | None = None  # known bad before any work (e.g. missing file)
+
+
+@dataclass
+class Report:
+    """Counts outcomes, keeps the failures, writes JSON lines, and decides the exit code."""
+
+    total: int = 0
+    processed: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    stream: object = None  # an open text file for --report, or None
+    on_fail: object = None  # called with (job, message) as each failure happens
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, job: Job, status: str, error: str | None = None) -> None:
+        with self._lock:
+            if status == "ok":
+                self.processed += 1
+            elif status == "skipped":
+                self.skipped += 1
+            else:
+                self.failed.append((str(job.source.path), error or ""))
+                if self.on_fail is not None:
+                    self.on_fail(job, error or "")
+            if self.stream is not None:
+                line = {
+                    "input": str(job.source.path),
+                    "outputs": [str(o.path) for o in job.outputs],
+                    "status": status,
+                    "error": error,
+                }
+                self.stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+                self.stream.flush()
+
+    @property
+    def exit_code(self) -> int:
+        if not self.failed:
+            return 0
+        return 1 if self.total == 1 else 3
+
+    def summary(self) -> str:
+        return f"{self.processed} processed, {self.skipped} skipped, {len(self.failed)} failed"
+
+
+# --------------------------------------------------------------------------- finding inputs
+
+
+def _matches(rel: Path, include, exclude) -> bool:
+    def hit(patterns):
+        return any(fnmatch.fnmatch(rel.as_posix(), p) or fnmatch.fnmatch(rel.name, p) for p in patterns)
+
+    return (not include or hit(include)) and not hit(exclude)
+
+
+def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), avoid=None):
+    """Sources from command-line paths (files or folders) and ``listed`` paths (--files-from).
+
+    Folders yield their image files (by extension; content decides later), descending with
+    ``recursive``; ``avoid`` (the output folder) is never read. Returns (sources, jobs of
+    paths that are missing or not files, recorded as failures).
+    """
+    sources, bad = [], []
+    avoid = Path(avoid).resolve() if avoid else None
+    for given, is_listed in [(p, False) for p in paths] + [(p, True) for p in listed]:
+        path = Path(given)
+        if path.is_dir() and not is_listed:
+            sources += _scan(path, recursive, include, exclude, avoid)
+        elif path.is_file():
+            rel = path if is_listed and not path.is_absolute() and ".." not in path.parts else Path(path.name)
+            sources.append(Source(path, Path(os.path.normpath(rel))))
+        else:
+            why = "is a directory, not an image" if path.is_dir() else (
+                "not a regular file" if path.exists() else "no such file")
+            bad.append(Job(Source(path, Path(path.name)), [], error=f"{given}: {why}"))
+    return sources, bad
+
+
+def _scan(folder: Path, recursive, include, exclude, avoid):
+    found = []
+    for root, dirs, files in os.walk(folder):
+        root_path = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (avoid is None or (root_path / d).resolve() != avoid))
+        if not recursive:
+            dirs[:] = []
+        for name in sorted(files):
+            path = root_path / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            rel = path.relative_to(folder)
+            if _matches(rel, include, exclude):
+                found.append(Source(path, rel))
+    return found
+
+
+def read_list(data: bytes, null: bool) -> list[str]:
+    """Paths from --files-from: one per line, or NUL-separated with --null."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    items = text.split("\0") if null else text.splitlines()
+    return [item for item in items if item.strip()] if not null else [item for item in items if item]
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def check_template(template: str) -> str:
+    for _, name, spec, conv in string.Formatter().parse(template):
+        if name is not None and (name not in TEMPLATE_FIELDS or spec or conv):
+            raise UsageError(
+                f"--name {template!r}: unknown field {{{name}}}; use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
+            )
+    return template
+
+
+def output_name(template: str, source: Source, kernel_label: str, ext: str) -> str:
+    """Fill the template; input names are values here, never templates themselves."""
+    return template.format(stem=source.path.stem, ext=ext, kernel=kernel_label, parent=source.path.parent.name)
+
+
+def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for=None,
+         overwrite=False, skip_existing=False) -> list[Job]:
+    """Resolve every output path and refuse bad plans before any work.
+
+    ``groups`` is a list of kernel tuples, one output per group (one group: the kernels in
+    sequence; with --each: one group per kernel). ``ext_for(source)`` gives the output
+    extension. Raises UsageError for clobbering, output == input, and collisions.
+    """
+    inputs = {}
+    for s in sources:
+        inputs.setdefault(_key(s.path), s.path)
+    jobs, seen = [], {}
+    for s in sources:
+        outputs = []
+        for group in groups:
+            label = "+".join(k.name for k in group)
+            ext = ext_for(s)
+            if out_file is not None:
+                path = Path(out_file)
+            else:
+                name = output_name(template, s, label, ext)
+                path = (Path(out_dir) / s.rel.parent / name) if out_dir is not None else s.path.with_name(name)
+            key = _key(path)
+            if key in inputs:
+                raise UsageError(f"{path}: is an input; refusing to overwrite it (choose another -o or --name)")
+            if key in seen:
+                raise UsageError(f"{seen[key]} and {s.path} would both be written to {path}; use --name with {{parent}} or another -o")
+            seen[key] = s.path
+            skip = False
+            if path.exists() or path.is_symlink():
+                if skip_existing:
+                    skip = True
+                elif not overwrite:
+                    raise UsageError(f"{path}: already exists; pass --overwrite to replace it or --skip-existing to keep it")
+            outputs.append(Output(path, group, skip))
+        jobs.append(Job(s, outputs))
+    return jobs
+
+
+def _key(path: Path) -> str:
+    """One key per file on disk: resolved path (follows links), so a link to an input is an input."""
+    return os.path.normcase(str(Path(path).resolve()))
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run(jobs, process, *, workers: int = 1, report: Report, stop: threading.Event, on_done=None) -> None:
+    """Run ``process(job)`` for every job on ``workers`` threads, recording outcomes.
+
+    ``process`` returns "ok" or "skipped" or raises KernelcliError (a failed input).
+    WriteError (the destination failed) stops the batch and is re-raised; ``stop`` being
+    set (by a signal) makes workers finish the file at hand and raises Interrupted.
+    """
+    fatal: list[BaseException] = []
+    interrupt_code = 130
+
+    def one(job: Job):
+        if stop.is_set() or fatal:
+            return
+        if job.error:
+            report.record(job, "failed", job.error)
+        else:
+            try:
+                status = process(job)
+            except WriteError as exc:
+                fatal.append(exc)
+                stop.set()
+                report.record(job, "failed", str(exc))
+                return
+            except Interrupted:
+                return
+            except KernelcliError as exc:
+                report.record(job, "failed", str(exc))
+                status = "failed"
+            else:
+                report.record(job, status)
+        if on_done is not None:
+            on_done(job)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="kernelcli")
+    pending = {pool.submit(one, job) for job in jobs}
+    try:
+        while pending:  # short waits keep Ctrl-C responsive in the main thread
+            done, pending = wait(pending, timeout=0.2)
+            for f in done:
+                f.result()
+    except KeyboardInterrupt as exc:
+        stop.set()
+        interrupt_code = 143 if isinstance(exc, Terminated) else 130
+        wait(pending)  # workers finish the file at hand; none starts a new one
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if fatal:
+        raise fatal[0]
+    if stop.is_set():
+        raise Interrupted(interrupt_code)
+
+
+def process_job(job: Job, *, read, render, write, stop: threading.Event) -> str:
+    """Read the input once and write each of its outputs; "skipped" when all are kept.
+
+    ``render(raster, kernels, path) -> bytes``; ``stop`` is checked before each write so an
+    interrupt never starts a new file, and a file once started is finished whole.
+    """
+    todo = [o for o in job.outputs if not o.skip]
+    if not todo:
+        return "skipped"
+    raster = read(job.source.path)
+    for out in todo:
+        data = render(raster, out.kernels, out.path)
+        if stop.is_set():
+            raise Interrupted()
+        write(out.path, data)
+    return "ok"
