@@ -127,14 +127,29 @@ def kernels_list(kernel_files, as_json):
 @click.argument("name")
 @kernel_files_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, with the effective float weights.")
-def kernels_show(name, kernel_files, as_json):
+@click.option("--image", "image_path", metavar="FILE", help="Also draw the kernel as a heatmap picture (- for stdout).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --image file.")
+def kernels_show(name, kernel_files, as_json, image_path, overwrite):
     """Show one kernel: its weights coloured by sign, sum, separability, origin.
 
     NAME is a kernel name or an inline matrix such as "1 2 1; 2 4 2; 1 2 1".
+    With --image, draw it: a square per weight, red above zero, blue below, value inside.
     """
     from .kernels import describe
 
-    info = describe(load_library(kernel_files).resolve(name))
+    kernel = load_library(kernel_files).resolve(name)
+    info = describe(kernel)
+    if image_path:
+        from .grid import heatmap
+        from .images import write_atomic
+
+        fmt = _sheet_output(image_path, None, overwrite)
+        data = _encode_pil(heatmap(kernel.weights, cell_px=64), fmt)
+        if image_path == "-":
+            sys.stdout.buffer.write(data)
+            return
+        write_atomic(image_path, data, overwrite=overwrite)
+        say(f"wrote {image_path}")
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -460,6 +475,109 @@ def _share_threads(workers: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+# --------------------------------------------------------------------------- grid
+
+
+@main.command(context_settings=CONTEXT, epilog="Exit codes: 0 ok; 1 an input could not be read or the "
+              "output written; 2 usage or configuration error.")
+@click.option("-k", "--kernel", "kernel_specs", multiple=True, metavar="KERNEL", help="A column per kernel; repeatable.")
+@click.option("--all", "all_kernels", is_flag=True, help="Every kernel of the library (with yours).")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path(allow_dash=True))
+@click.option("-o", "--output", required=True, metavar="PATH", help="The sheet (.png, .jpg, …), or - for stdout.")
+@click.option("--transpose", is_flag=True, help="One row per kernel, one column per input.")
+@click.option("--cols", type=click.IntRange(min=1), help="Wrap a single input's cells into N columns.")
+@click.option("--no-labels", is_flag=True, help="Leave out the kernel names.")
+@click.option("--show-kernels", is_flag=True, help="Draw each kernel as a small heatmap under its name.")
+@click.option("--cell", default="256", show_default=True, metavar="PX|full",
+              help="Long side of each cell; inputs are downscaled before filtering. full keeps them.")
+@click.option("--gap", default=8, show_default=True, type=click.IntRange(min=0), help="Pixels between cells.")
+@click.option("--background", default="white", show_default=True, metavar="COLOR", help="Sheet colour.")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"]),
+              help="Format for stdout  [default: png].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@geometry_options
+@kernel_files_option
+def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, show_kernels, cell, gap,
+         background, fmt, overwrite, kernel_files, **geo):
+    """A labelled contact sheet: each INPUT, then the same image through each kernel.
+
+    \b
+    Examples:
+      kernelcli grid -k sobel-left -k sobel-right -k sharpen photo.jpg -o grid.png
+      kernelcli grid --all --cols 6 photo.jpg -o all.png
+      kernelcli grid -k blur -k outline a.jpg b.jpg --transpose --show-kernels -o sheet.png
+
+    Each cell uses the kernel's own default value mapping unless --map is given, so edge
+    kernels and blurs look right side by side.
+    """
+    from .filters import apply_each
+    from .grid import Cell, arrange, compose, fit, parse_color
+    from .images import read, write_atomic
+
+    library = load_library(kernel_files)
+    kernels_ = list(library) if all_kernels else []
+    kernels_ += [k for k in (library.resolve(s) for s in kernel_specs) if k not in kernels_]
+    if not kernels_:
+        raise UsageError("no kernels: give -k KERNEL (repeatable) or --all")
+    if inputs.count("-") > 1:
+        raise UsageError("stdin (-) can be read once")
+    if cell != "full" and not (cell.isdigit() and int(cell) > 0):
+        raise UsageError(f"--cell {cell!r}: give a number of pixels or full")
+    long_side = None if cell == "full" else int(cell)
+    colour = parse_color(background)
+    out_fmt = _sheet_output(output, fmt, overwrite, inputs)
+    options = build_options(raw=False, **geo)
+    from .convolve import resolve_device
+
+    resolve_device(options.device)
+
+    rows = []
+    for path in inputs:
+        if path != "-" and not os.path.isfile(path):
+            raise UsageError(f"{path}: {'is a directory' if os.path.isdir(path) else 'no such file'}")
+        raster = fit(read(path, sys.stdin.buffer.read() if path == "-" else None), long_side)
+        row = [Cell(Path(path).name if path != "-" else "stdin", raster)]
+        for k, (result, _) in zip(kernels_, apply_each(raster, kernels_, options)):
+            row.append(Cell(k.name, result, k.weights))
+        rows.append(row)
+    sheet = compose(arrange(rows, transpose=transpose, cols=cols), labels=not no_labels,
+                    show_kernels=show_kernels, gap=gap, background=colour)
+    data = _encode_pil(sheet, out_fmt)
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomic(output, data, overwrite=overwrite)
+        say(f"wrote {output} ({sheet.width}x{sheet.height})")
+
+
+def _sheet_output(output, fmt, overwrite, inputs=()) -> str:
+    """Check where a picture goes before any work; return its Pillow format name."""
+    from .images import IMAGE_FORMATS, format_for_path
+
+    if output == "-":
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
+        return FORMATS[fmt] if fmt else "PNG"
+    out_fmt = _check_format(format_for_path(output), fmt, output)
+    if out_fmt not in IMAGE_FORMATS:
+        raise UsageError(f"{output}: a picture needs an image format such as .png")
+    if os.path.exists(output):
+        if any(p != "-" and os.path.exists(p) and os.path.samefile(p, output) for p in inputs):
+            raise UsageError(f"{output}: is an input; refusing to overwrite it")
+        if not overwrite:
+            raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
+    return out_fmt
+
+
+def _encode_pil(img, fmt) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    return buf.getvalue()
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def render_matrix(weights) -> "object":
     for row in weights:
         cells = []
         for v in row:
-            style = "bold green" if v > 0 else "bold red" if v < 0 else "dim"
+            style = "bold red" if v > 0 else "bold blue" if v < 0 else "dim"  # as the heatmaps
             cells.append(f"[{style}]{format_weight(float(v), d)}[/]")
         table.add_row(*cells)
     return table

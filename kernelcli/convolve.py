@@ -142,6 +142,37 @@ def correlate(
     return out.reshape(n, c, out_h, out_w)
 
 
+def correlate_bank(x: torch.Tensor, kernels, geo: Geometry = Geometry()) -> torch.Tensor:
+    """Correlate ``x`` (N, C, H, W) with several kernels in one convolution: (N, C, K, H', W').
+
+    ``kernels`` is a list of (weights, anchor). Each kernel is embedded, zero-filled, in a
+    common frame with the anchors aligned, so the image is padded once and every kernel
+    becomes an output channel. With ``padding='same'`` sizes may differ; otherwise all
+    kernels must share one shape and anchor (their outputs must have one size).
+    """
+    shapes = {(np.shape(w), tuple(a)) for w, a in kernels}
+    if geo.padding != "same" and len(shapes) > 1:
+        raise UsageError("kernels of different shapes give different output sizes unless padding is 'same'")
+    up = max(a[0] for _, a in kernels)
+    left = max(a[1] for _, a in kernels)
+    down = max(np.shape(w)[0] - 1 - a[0] for w, a in kernels)
+    right = max(np.shape(w)[1] - 1 - a[1] for w, a in kernels)
+    frame = np.zeros((len(kernels), up + down + 1, left + right + 1))
+    for i, (w, (ar, ac)) in enumerate(kernels):
+        kh, kw = np.shape(w)
+        frame[i, up - ar:up - ar + kh, left - ac:left - ac + kw] = w
+    n, c, h, wd = x.shape
+    top, bottom, lft, rgt = pad_amounts(frame.shape[1:], (up, left), geo)
+    out_h = output_size(h, frame.shape[1], top + bottom, geo.stride, geo.dilation)
+    out_w = output_size(wd, frame.shape[2], lft + rgt, geo.stride, geo.dilation)
+    if out_h < 1 or out_w < 1:
+        raise UsageError(f"the kernels do not fit a {h}x{wd} image with padding {geo.padding!r}")
+    padded = pad(x, (top, bottom, lft, rgt), geo.border, geo.border_value)
+    weight = torch.as_tensor(frame, dtype=x.dtype, device=x.device)[:, None]
+    out = F.conv2d(padded.reshape(n * c, 1, *padded.shape[-2:]), weight, stride=geo.stride, dilation=geo.dilation)
+    return out.reshape(n, c, len(kernels), out_h, out_w)
+
+
 def sample_at_anchor(x: torch.Tensor, shape, anchor, geo: Geometry) -> torch.Tensor:
     """The input value under each output pixel's anchor: the geometry without the weights.
 

@@ -1,4 +1,4 @@
-"""Filtering a Raster with a sequence of kernels: colour handling, alpha, value mapping.
+"""Filtering a Raster with kernels: colour handling, alpha, value mapping.
 
 read → tensor → (per kernel: correlate → map to the output depth) → Raster
 """
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .convolve import Geometry, correlate, resolve_device, sample_at_anchor
+from .convolve import Geometry, correlate, correlate_bank, resolve_device, sample_at_anchor
 from .errors import UsageError
 from .images import Raster
 from .kernels import Kernel
@@ -41,51 +41,79 @@ class Options:
             check_mode(self.map)
 
 
-def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> tuple[Raster, list[Stats]]:
-    """Apply ``kernels`` in sequence. Unless ``options.raw``, each step's result is mapped
-    and rounded to the output bit depth before the next, so a chain of separate runs gives
-    the same pixels as one run. Returns the new Raster and each step's Stats."""
+@dataclass
+class _Work:
+    """A raster moved to the device: colour (1, C, H, W), alpha (1, 1, H, W) in 0..1."""
+
+    x: torch.Tensor
+    alpha: torch.Tensor | None
+    see_through: bool  # some alpha < 1: colour is filtered premultiplied
+    maxval: float
+
+
+def _load(raster: Raster, options: Options) -> _Work:
     device = resolve_device(options.device)
     wide = raster.pixels.dtype == np.float64 or (raster.maxval or 0) > 255
     dtype = torch.float64 if wide else torch.float32
     maxval = raster.maxval or 255.0
-    geo = options.geometry
-
     x = torch.from_numpy(np.ascontiguousarray(raster.pixels)).to(device, dtype)[None]
+    if options.color == "gray" and x.shape[1] == 3:
+        x = _luma(x)
     alpha = None
     if raster.alpha is not None:
         alpha = torch.from_numpy(raster.alpha).to(device, dtype)[None, None] / maxval
     # Fully opaque: filter like plain colour (exactly), but still carry alpha to the output.
-    see_through = alpha is not None and bool((alpha < 1).any())
-    if options.color == "gray" and x.shape[1] == 3:
-        x = _luma(x)
+    return _Work(x, alpha, alpha is not None and bool((alpha < 1).any()), maxval)
 
+
+def _finish(y: torch.Tensor, kernel: Kernel, options: Options, maxval: float) -> tuple[torch.Tensor, Stats]:
+    """Map one step's float result to the output depth (or keep it raw)."""
+    if options.raw:
+        return y, Stats(float(y.min()), float(y.max()), 0.0)
+    bias = kernel.bias if options.bias is None else options.bias
+    return map_values(y, options.map or kernel.map or "clip", maxval, scale=options.scale, bias=bias)
+
+
+def _raster(y: torch.Tensor, alpha: torch.Tensor | None, options: Options, maxval: float, like: Raster) -> Raster:
+    out_alpha = None if alpha is None else torch.round(alpha[0, 0] * maxval).cpu().numpy()
+    return Raster(y[0].cpu().numpy(), out_alpha, None if options.raw else maxval, like.format,
+                  like.icc_profile, like.exif)
+
+
+def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> tuple[Raster, list[Stats]]:
+    """Apply ``kernels`` in sequence. Unless ``options.raw``, each step's result is mapped
+    and rounded to the output bit depth before the next, so a chain of separate runs gives
+    the same pixels as one run. Returns the new Raster and each step's Stats."""
+    work = _load(raster, options)
+    geo, x, alpha = options.geometry, work.x, work.alpha
     stats = []
     for kernel in kernels:
         k = kernel.flipped() if options.convolve else kernel
-        y = _filter(x, alpha if see_through else None, k, geo, options.color)
+        y = _filter(x, alpha if work.see_through else None, k, geo, options.color)
         if alpha is not None:
             alpha = sample_at_anchor(alpha, k.shape, k.anchor, geo)
-        if options.raw:
-            stats.append(Stats(float(y.min()), float(y.max()), 0.0))
-        else:
-            bias = kernel.bias if options.bias is None else options.bias
-            y, st = map_values(y, options.map or kernel.map or "clip", maxval, scale=options.scale, bias=bias)
-            stats.append(st)
-        x = y
+        x, st = _finish(y, kernel, options, work.maxval)
+        stats.append(st)
+    return _raster(x, alpha, options, work.maxval, raster), stats
 
-    out_alpha = None
-    if alpha is not None:
-        out_alpha = torch.round(alpha[0, 0] * maxval).cpu().numpy()
-    result = Raster(
-        pixels=x[0].cpu().numpy(),
-        alpha=out_alpha,
-        maxval=None if options.raw else maxval,
-        format=raster.format,
-        icc_profile=raster.icc_profile,
-        exif=raster.exif,
-    )
-    return result, stats
+
+def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> list[tuple[Raster, Stats]]:
+    """Each kernel alone on the same raster, equal to ``apply_kernels(raster, [k])`` for every
+    k. Computed as one convolution with a kernel per output channel (2–5x faster than one by
+    one on the CPU) unless transparency or ``luma`` colour need the kernel-by-kernel path."""
+    ks = [k.flipped() if options.convolve else k for k in kernels]
+    work = _load(raster, options)
+    same_frame = options.geometry.padding == "same" or len({(k.shape, k.anchor) for k in ks}) == 1
+    if len(ks) < 2 or work.see_through or options.color == "luma" or not same_frame:
+        return [(r, st[0]) for r, st in (apply_kernels(raster, [k], options) for k in kernels)]
+    bank = correlate_bank(work.x, [(k.weights, k.anchor) for k in ks], options.geometry)
+    results = []
+    for i, (kernel, k) in enumerate(zip(kernels, ks)):
+        y = bank[:, :, i].sum(1, keepdim=True) if options.color == "sum" else bank[:, :, i]
+        alpha = None if work.alpha is None else sample_at_anchor(work.alpha, k.shape, k.anchor, options.geometry)
+        y, st = _finish(y, kernel, options, work.maxval)
+        results.append((_raster(y, alpha, options, work.maxval, raster), st))
+    return results
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:

@@ -214,3 +214,37 @@ def test_cuda_matches_cpu(library, rng):
         gpu, _ = apply_kernels(Raster(img), [k], Options(device="cuda"))
         np.testing.assert_array_equal(cpu.pixels, gpu.pixels)
     assert torch.backends.cudnn.allow_tf32 is False
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"geometry": Geometry(border="reflect", stride=2)},
+    {"geometry": Geometry(border="zeros", padding=2, dilation=2)},
+    {"color": "gray"},
+    {"color": "sum", "convolve": True},
+    {"raw": True, "geometry": Geometry(border="circular")},
+])
+def test_bank_of_kernels_equals_one_by_one(library, rng, kw):
+    from kernelcli.filters import apply_each
+
+    kernels = list(library)
+    raster = Raster(rng.integers(0, 256, (3, 17, 12)).astype(np.float32),
+                    alpha=np.full((17, 12), 255.0, np.float32), maxval=255.0)
+    options = Options(**kw)
+    for kernel, (result, stats) in zip(kernels, apply_each(raster, kernels, options)):
+        alone, alone_stats = apply_kernels(raster, [kernel], options)
+        np.testing.assert_array_equal(result.pixels, alone.pixels, err_msg=kernel.name)
+        np.testing.assert_array_equal(result.alpha, alone.alpha)
+        assert stats.clipped == alone_stats[0].clipped
+        assert (stats.minimum, stats.maximum) == pytest.approx((alone_stats[0].minimum, alone_stats[0].maximum), rel=1e-6)
+
+
+def test_bank_with_valid_padding_and_equal_shapes(library, rng):
+    from kernelcli.filters import apply_each
+
+    kernels = [library.get(n) for n in ("sobel-left", "sobel-right", "sharpen")]
+    raster = Raster(rng.integers(0, 256, (1, 9, 9)).astype(np.float32))
+    options = Options(geometry=Geometry(padding="valid"))
+    for kernel, (result, _) in zip(kernels, apply_each(raster, kernels, options)):
+        np.testing.assert_array_equal(result.pixels, apply_kernels(raster, [kernel], options)[0].pixels)
+        assert result.pixels.shape == (1, 7, 7)
