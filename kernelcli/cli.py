@@ -101,7 +101,11 @@ def kernels_list(kernel_files, as_json):
     """List the available kernels.
 
     A table on a terminal; one tab-separated line per kernel (name, size, description)
-    when piped.
+    when piped. Besides these names, kernels can be generated wherever a name is taken:
+
+    \b
+      gaussian:SIGMA[,SIZE]  box:N  motion:LENGTH,ANGLE  log:SIGMA[,SIZE]
+      dog:SIGMA1,SIGMA2[,SIZE]  unsharp:SIGMA,AMOUNT[,SIZE]  NAME@ANGLE (turned)
     """
     from .kernels import describe
 
@@ -115,9 +119,15 @@ def kernels_list(kernel_files, as_json):
 
         table = Table("name", "size", "sum", "description", box=None, header_style="bold")
         for k in lib:
-            s = sum(sum(r) for r in k.matrix) * k.scale / k.divisor
-            table.add_row(k.name, "x".join(map(str, k.shape)), f"{s:g}", k.description)
-        stdout_console().print(table)
+            total = f"{sum(sum(r) for r in k.matrix) * k.scale / k.divisor:g}" if k.kind == "plain" else k.kind
+            table.add_row(k.name, "x".join(map(str, k.shape)), total, k.description)
+        console = stdout_console()
+        console.print(table)
+        from .generate import GENERATORS, ROTATION_HELP
+
+        console.print("\n[bold]generated[/] (usable wherever a name is):")
+        for line in [*GENERATORS.values(), ROTATION_HELP]:
+            console.print(f"  {line}")
     else:
         for k in lib:
             click.echo(f"{k.name}\t{'x'.join(map(str, k.shape))}\t{k.description}")
@@ -140,11 +150,11 @@ def kernels_show(name, kernel_files, as_json, image_path, overwrite):
     kernel = load_library(kernel_files).resolve(name)
     info = describe(kernel)
     if image_path:
-        from .grid import heatmap
+        from .grid import kernel_picture
         from .images import write_atomic
 
         fmt = _sheet_output(image_path, None, overwrite)
-        data = _encode_pil(heatmap(kernel.weights, cell_px=64), fmt)
+        data = _encode_pil(kernel_picture(kernel, cell_px=64), fmt)
         if image_path == "-":
             sys.stdout.buffer.write(data)
             return
@@ -153,30 +163,9 @@ def kernels_show(name, kernel_files, as_json, image_path, overwrite):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    from .console import render_matrix, stdout_console
+    from .console import print_kernel
 
-    out = stdout_console()
-    out.print(f"[bold]{info['name']}[/]  {info['size'][0]}x{info['size'][1]}  {info['description']}")
-    if info["divisor"] != 1 or info["scale"] != 1:
-        out.print(f"written (× {info['scale']:g} / {info['divisor']:g}):")
-        out.print(render_matrix(info["written"]))
-        out.print("applied weights:")
-    out.print(render_matrix(info["matrix"]))
-    sep = "no"
-    if info["separable"]:
-        f = info["factors"]
-        sep = f"yes: column {_fmt(f['column'])} × row {_fmt(f['row'])}"
-    out.print(f"sum {info['sum']:g} · separable {sep} · default map {info['map']} · anchor {tuple(info['anchor'])}")
-    source = f"from {info['source']}"
-    if info["overrides"]:
-        source += f" (overrides the kernel of the same name in {info['overrides']})"
-    if info["aliases"]:
-        source += f" · aliases: {', '.join(info['aliases'])}"
-    out.print(source)
-
-
-def _fmt(values) -> str:
-    return "[" + " ".join(f"{v:g}" for v in values) + "]"
+    print_kernel(info)
 
 
 # --------------------------------------------------------------------------- apply
@@ -319,35 +308,52 @@ class _Render:
 
 def _apply_stream(job, inputs, output, fmt, files_from, each, overwrite):
     """One image from stdin or a file, to stdout or a file."""
-    from .images import format_for_path, read, write_atomic
-
     if len(inputs) != 1 or files_from is not None or each and len(job.kernels) > 1:
         raise UsageError("- (stdin/stdout) takes exactly one input and one output")
-    source = inputs[0]
+    _single(inputs[0], output or "-", fmt, overwrite, lambda raster, out_fmt, name: job(raster, job.kernels, out_fmt, name))
+
+
+def _single(source, output, fmt, overwrite, render, suffix=None):
+    """Read one input (a file or - for stdin), render it to bytes, write one output (a file,
+    or - for stdout). Without ``output``, the result goes beside the input as
+    ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work."""
+    from .images import extension_for, format_for_path, read, write_atomic
+
     if source == "-" and sys.stdin.isatty():
         raise UsageError("no input: stdin is a terminal; pipe an image in or name a file")
     if source != "-" and not os.path.isfile(source):
         raise UsageError(f"{source}: {'is a directory' if os.path.isdir(source) else 'no such file'}")
-    output = output or "-"
+    if output is None:
+        if source == "-":
+            output = "-"
+        else:
+            stem, ext = os.path.splitext(source)
+            output = f"{stem}-{suffix}{extension_for(FORMATS[fmt]) if fmt else ext}"
     if output == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
     out_fmt = FORMATS[fmt] if fmt else None
     if output != "-":
         out_fmt = _check_format(format_for_path(output), fmt, output)
-        if os.path.exists(output) and not overwrite:
-            raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
-        if source != "-" and os.path.exists(output) and os.path.samefile(source, output):
-            raise UsageError(f"{output}: is the input; refusing to overwrite it")
-    raster = read(source, sys.stdin.buffer.read() if source == "-" else None)
+        if os.path.exists(output):
+            if source != "-" and os.path.samefile(source, output):
+                raise UsageError(f"{output}: is the input; refusing to overwrite it")
+            if not overwrite:
+                raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
+    raster = read(source, _read_stdin() if source == "-" else None)
     for note in raster.notes:
         warn(note)
     out_fmt = out_fmt or (raster.format if raster.format in FORMATS.values() else "PNG")
-    data = job(raster, job.kernels, out_fmt, "-" if output == "-" else output)
+    data = render(raster, out_fmt, output)
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
         write_atomic(output, data, overwrite=overwrite)
+        say(f"wrote {output}")
+
+
+def _read_stdin() -> bytes:
+    return sys.stdin.buffer.read()
 
 
 def _check_format(out_fmt, fmt, output):
@@ -483,7 +489,8 @@ def _share_threads(workers: int) -> None:
 @main.command(context_settings=CONTEXT, epilog="Exit codes: 0 ok; 1 an input could not be read or the "
               "output written; 2 usage or configuration error.")
 @click.option("-k", "--kernel", "kernel_specs", multiple=True, metavar="KERNEL", help="A column per kernel; repeatable.")
-@click.option("--all", "all_kernels", is_flag=True, help="Every kernel of the library (with yours).")
+@click.option("--all", "all_kernels", is_flag=True, help="Every kernel of the library (with yours), "
+              "but the multi-channel ones.")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path(allow_dash=True))
 @click.option("-o", "--output", required=True, metavar="PATH", help="The sheet (.png, .jpg, …), or - for stdout.")
 @click.option("--transpose", is_flag=True, help="One row per kernel, one column per input.")
@@ -517,7 +524,8 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
     from .images import read, write_atomic
 
     library = load_library(kernel_files)
-    kernels_ = list(library) if all_kernels else []
+    # --all: every kernel that works on any image; channel mixers need a given channel count
+    kernels_ = [k for k in library if k.kind != "multi-channel"] if all_kernels else []
     kernels_ += [k for k in (library.resolve(s) for s in kernel_specs) if k not in kernels_]
     if not kernels_:
         raise UsageError("no kernels: give -k KERNEL (repeatable) or --all")
@@ -540,7 +548,7 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
         raster = fit(read(path, sys.stdin.buffer.read() if path == "-" else None), long_side)
         row = [Cell(Path(path).name if path != "-" else "stdin", raster)]
         for k, (result, _) in zip(kernels_, apply_each(raster, kernels_, options)):
-            row.append(Cell(k.name, result, k.weights))
+            row.append(Cell(k.name, result, k))
         rows.append(row)
     sheet = compose(arrange(rows, transpose=transpose, cols=cols), labels=not no_labels,
                     show_kernels=show_kernels, gap=gap, background=colour)
@@ -578,6 +586,233 @@ def _encode_pil(img, fmt) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the toolkit
+
+
+def single_io_options(f):
+    for option in reversed([
+        click.argument("source", metavar="INPUT", type=click.Path(allow_dash=True)),
+        click.option("-o", "--output", metavar="PATH", help="Output file or - for stdout  [default: beside INPUT]."),
+        click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), help="Output format for stdout."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing output file."),
+        click.option("--device", metavar="DEV", envvar="KERNELCLI_DEVICE", help="auto | cpu | cuda | cuda:N | mps."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _toolkit_render(fn):
+    """Wrap a Raster→Raster toolkit function for _single: arrays out stay raw floats,
+    arrays written as images are clipped to 0–255."""
+    from dataclasses import replace
+
+    from .images import ARRAY_FORMATS, encode
+
+    def render(raster, out_fmt, name):
+        if out_fmt in ARRAY_FORMATS:
+            raster = replace(raster, maxval=None)
+        elif raster.maxval is None:
+            raster = replace(raster, maxval=255.0)
+        return encode(fn(raster), out_fmt, name=str(name))
+
+    return render
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--op", type=click.Choice(["max", "avg"]), default="max", show_default=True)
+@click.option("--size", "size", type=click.IntRange(min=1), default=2, show_default=True, help="Window side K.")
+@click.option("--stride", type=click.IntRange(min=1), help="Step between windows  [default: K].")
+@click.option("--padding", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Pixels added on each side (max: ignored; avg: counted as zeros).")
+@single_io_options
+def pool(op, size, stride, padding, source, output, fmt, overwrite, device):
+    """Max or average pooling, as torch.nn.MaxPool2d / AvgPool2d.
+
+    \b
+    Examples:
+      kernelcli pool --op max --size 2 samples/example-5x5.csv -o -
+      kernelcli pool --op avg --size 4 photo.jpg -o small.png
+    """
+    from .convolve import resolve_device
+    from .toolkit import pool as pool_
+
+    resolve_device(device)
+    render = _toolkit_render(lambda r: pool_(r, op, size, stride, padding, device))
+    _single(source, output, fmt, overwrite, render, suffix=f"{op}pool{size}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--factor", type=click.IntRange(min=1), default=2, show_default=True)
+@single_io_options
+def upsample(factor, source, output, fmt, overwrite, device):
+    """Enlarge by a whole factor with a transposed convolution initialised as a bilinear
+    kernel (the FCN technique); equals bilinear interpolation with half-pixel centres.
+
+    \b
+    Example:
+      kernelcli upsample --factor 2 samples/chelsea.jpg -o big.png
+    """
+    from .convolve import resolve_device
+    from .toolkit import upsample as upsample_
+
+    resolve_device(device)
+    _single(source, output, fmt, overwrite, _toolkit_render(lambda r: upsample_(r, factor, device)), suffix=f"x{factor}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("-k", "--kernel", "spec", required=True, metavar="KERNEL", help="Kernel name or inline matrix.")
+@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--padding", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Rows/columns cropped from each side of the full result.")
+@click.option("--dilation", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--map", "map_mode", type=click.Choice(["clip", "abs", "offset", "normalize"]), default="clip",
+              show_default=True, help="For image outputs.")
+@kernel_files_option
+@single_io_options
+def transpose(spec, stride, padding, dilation, map_mode, kernel_files, source, output, fmt, overwrite, device):
+    """Transposed convolution: each input pixel adds value × kernel into the output, as
+    torch.nn.ConvTranspose2d. Output size (n−1)·stride − 2·padding + dilation·(k−1) + 1.
+
+    \b
+    Examples:
+      kernelcli transpose -k "0 1; 2 3" samples/example-2x2.csv -o -            # 0 0 1 / 0 4 6 / 4 12 9
+      kernelcli transpose -k "0 1; 2 3" --stride 2 samples/example-2x2.csv -o -
+    """
+    from .convolve import resolve_device
+    from .toolkit import transpose as transpose_
+
+    kernel = load_library(kernel_files).resolve(spec)
+    if kernel.kind != "plain":
+        raise UsageError(f"kernel {kernel.name!r} is {kernel.kind}; transpose takes a plain matrix")
+    resolve_device(device)
+    render = _toolkit_render(lambda r: transpose_(r, kernel.weights, stride, padding, dilation, device, map_mode))
+    _single(source, output, fmt, overwrite, render, suffix=f"t-{kernel.name}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("source", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.argument("target", metavar="TARGET", type=click.Path(exists=True, dir_okay=False))
+@click.option("--size", "size_text", default="3x3", show_default=True, metavar="HxW", help="Kernel size to learn.")
+@click.option("--per-channel", is_flag=True, help="One kernel per colour channel instead of one for all.")
+@click.option("--border", default="replicate", show_default=True, metavar="MODE", help="As in apply.")
+@click.option("--padding", default="same", show_default=True, metavar="same|valid|N", help="As in apply.")
+@click.option("--stride", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--dilation", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the kernel and the fit as JSON.")
+@click.option("--save", "save_name", metavar="NAME", help="Add the learned kernel to a kernel library.")
+@click.option("--to", "save_to", metavar="FILE", type=click.Path(dir_okay=False),
+              help=f"Library file for --save  [default: {click.get_app_dir('kernelcli')}/kernels.yaml].")
+@click.option("--overwrite", is_flag=True, help="Let --save replace a kernel of the same name.")
+@kernel_files_option
+def learn(source, target, size_text, per_channel, border, padding, stride, dilation, as_json, save_name, save_to,
+          overwrite, kernel_files):
+    """Find the kernel that turns INPUT into TARGET (linear least squares).
+
+    Prints the kernel on stdout (rows of numbers) and the fit on stderr. Target pixels at 0
+    or full scale of an image are left out, as they may have been clipped. A relative error
+    above 2% means no kernel of this size explains the pair; kernelcli says so.
+
+    \b
+    Examples:
+      kernelcli apply -k sharpen samples/camera.png -o sharp.npy
+      kernelcli learn samples/camera.png sharp.npy --size 3x3
+      kernelcli learn samples/camera.png sharp.npy --save my-sharpen
+    """
+    import re as re_
+
+    import numpy as np
+
+    from .convolve import Geometry, parse_border, parse_padding
+    from .images import read
+    from .toolkit import learn as learn_
+
+    m = re_.fullmatch(r"(\d+)x(\d+)", size_text)
+    if not m or not all(int(v) > 0 for v in m.groups()):
+        raise UsageError(f"--size {size_text!r}: write HxW, e.g. 3x3")
+    shape = (int(m.group(1)), int(m.group(2)))
+    library = load_library(kernel_files) if save_name else None
+    if save_name:
+        _check_save(library, save_name, overwrite)
+    mode, value = parse_border(border)
+    fit = learn_(read(source), read(target), shape, Geometry(mode, value, parse_padding(padding), stride, dilation),
+                 per_channel=per_channel)
+    clean = [np.round(k, 6) + 0.0 for k in fit.kernels]
+    if as_json:
+        click.echo(json.dumps({"kernels": [k.tolist() for k in clean], "rms": fit.rms,
+                               "relative_error": fit.relative_error, "explained": fit.explained,
+                               "pixels_used": fit.pixels_used, "pixels_total": fit.pixels_total}, indent=2))
+    else:
+        for i, k in enumerate(clean):
+            if len(clean) > 1:
+                click.echo(f"# channel {i + 1}")
+            for row in k:
+                click.echo(" ".join(f"{v:.6g}" for v in row))
+    say(f"fit: rms error {fit.rms:.4g}, relative error {fit.relative_error:.3g} "
+        f"({fit.pixels_used} of {fit.pixels_total} target values used)")
+    if not fit.explained:
+        warn(f"{target} is not explained by a {shape[0]}x{shape[1]} kernel of {source} "
+             f"(relative error {fit.relative_error:.1%} > 2%); try another --size, --padding or --border")
+    if save_name:
+        if len(clean) > 1:
+            raise UsageError("--save takes one kernel; learn without --per-channel")
+        path = Path(save_to) if save_to else Path(click.get_app_dir("kernelcli")) / "kernels.yaml"
+        from .kernels import save_kernel
+
+        save_kernel(path, save_name, clean[0], f"Learned from {Path(source).name} -> {Path(target).name} "
+                    f"(relative error {fit.relative_error:.2g}).", overwrite=overwrite)
+        say(f"saved {save_name!r} to {path}")
+
+
+def _check_save(library, name, overwrite):
+    from .kernels import NAME_RE
+
+    if not NAME_RE.match(name):
+        raise UsageError(f"--save {name!r}: use lowercase words joined by hyphens, e.g. my-edge")
+    if name in library and not overwrite:
+        raise UsageError(f"a kernel named {name!r} exists already ({library.get(name).source}); "
+                         "pass --overwrite to replace it")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("-s", "--step", "steps", multiple=True, required=True, metavar="STEP",
+              help='"KERNEL [stride=S] [padding=P] [dilation=D]", "conv HxW …", "pool K [stride=S]", '
+              '"transpose K|HxW [stride=S] [padding=P]" or "upsample F"; repeat in order.')
+@click.option("--size", "size_text", required=True, metavar="HxW[xC]", help="Input size (C channels, default 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@kernel_files_option
+def explain(steps, size_text, as_json, kernel_files):
+    """Output size (formula filled in), receptive field and cost of each step of a chain.
+
+    \b
+    Examples:
+      kernelcli explain --size 5x5 -s "conv 3x3 padding=valid"
+      kernelcli explain --size 32x32x3 -s sharpen -s "pool 2" -s "conv 3x3 stride=2" -s "upsample 2"
+    """
+    import re as re_
+
+    from .explain import explain as explain_, parse_step
+
+    m = re_.fullmatch(r"(\d+)x(\d+)(?:x(\d+))?", size_text)
+    if not m:
+        raise UsageError(f"--size {size_text!r}: write HxW or HxWxC, e.g. 32x32x3")
+    library = load_library(kernel_files)
+    rows = explain_([parse_step(s, library) for s in steps], int(m.group(1)), int(m.group(2)), int(m.group(3) or 1))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    from .console import stdout_console
+
+    table = Table("step", "in", "out", "height: formula", "receptive field", "jump", "mult-adds",
+                  box=None, header_style="bold")
+    for r in rows:
+        cost = r.get("multiply_adds", r.get("operations"))
+        table.add_row(r["step"], "x".join(map(str, r["input"])), "x".join(map(str, r["output"])),
+                      r["formula"]["height"], "x".join(map(str, r["receptive_field"])), str(r["jump"]), f"{cost:,}")
+    stdout_console().print(table)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def stdout_console():
     """A rich console on stdout, for tables printed to a terminal."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    # Piped or redirected: a wide page, so tables are not folded at 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 
 
 def format_weight(value: float, decimals: int) -> str:
@@ -54,6 +55,52 @@ def render_matrix(weights) -> "object":
             cells.append(f"[{style}]{format_weight(float(v), d)}[/]")
         table.add_row(*cells)
     return table
+
+
+def print_kernel(info: dict) -> None:
+    """``kernels show`` on stdout: the weights coloured by sign and what can be said of them."""
+    from .kernels import FREQUENCY_WORDS
+
+    out = stdout_console()
+    out.print(f"[bold]{info['name']}[/]  {info['size'][0]}x{info['size'][1]}  {info['description']}")
+    if info["kind"] == "plain":
+        if info["divisor"] != 1 or info["scale"] != 1:
+            out.print(f"written (× {info['scale']:g} / {info['divisor']:g}):")
+            out.print(render_matrix(info["written"]))
+            out.print("applied weights:")
+        out.print(render_matrix(info["matrix"]))
+        sep = "no"
+        if info["separable"]:
+            f = info["factors"]
+            sep = f"yes: column {_vector(f['column'])} × row {_vector(f['row'])}"
+        out.print(f"sum {info['sum']:g} · separable {sep} · anchor {tuple(info['anchor'])} · default map {info['map']}")
+        out.print(f"symmetry: {', '.join(info['symmetry']) or 'none'}")
+        freq = info["frequency"]
+        out.print(f"frequency response: {freq['class']}, {FREQUENCY_WORDS[freq['class']]} "
+                  f"(gain {freq['dc_gain']:.3g} at DC, peak {freq['peak_gain']:.3g} at "
+                  f"{freq['peak_cycles_per_pixel']:g} cycles/pixel)")
+    elif info["kind"] == "combined":
+        out.print(f"{info['combine']} of the responses to:")
+        for part in info["parts"]:
+            out.print(f"  {part['name']}")
+            out.print(render_matrix(part["matrix"]))
+    else:
+        out.print(f"{info['channels_out']} output x {info['channels_in']} input channels, "
+                  f"{info['parameters']} parameters")
+        for o, row in enumerate(info["weight"], 1):
+            for i, matrix in enumerate(row, 1):
+                out.print(f"  output {o} from input {i}:")
+                out.print(render_matrix(matrix))
+    source = f"from {info['source']}"
+    if info["overrides"]:
+        source += f" (overrides the kernel of the same name in {info['overrides']})"
+    if info["aliases"]:
+        source += f" · aliases: {', '.join(info['aliases'])}"
+    out.print(source)
+
+
+def _vector(values) -> str:
+    return "[" + " ".join(f"{v:g}" for v in values) + "]"
 
 
 def make_progress(total: int, quiet: bool = False):

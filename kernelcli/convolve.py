@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DeviceError, UsageError
+from .shapes import output_size
 
 BORDERS = ("replicate", "reflect", "symmetric", "circular", "zeros", "constant")
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
@@ -76,11 +77,6 @@ def pad_amounts(shape: tuple[int, int], anchor: tuple[int, int], geo: Geometry) 
     return p, p, p, p
 
 
-def output_size(n: int, k: int, pad_total: int, stride: int = 1, dilation: int = 1) -> int:
-    """floor((n + pad_total - dilation*(k-1) - 1) / stride) + 1, as torch.nn.Conv2d."""
-    return (n + pad_total - dilation * (k - 1) - 1) // stride + 1
-
-
 def border_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
     """Source index for each position of a padded axis of length n + before + after.
 
@@ -115,16 +111,36 @@ def pad(x: torch.Tensor, amounts: tuple[int, int, int, int], border: str, value:
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
+DIRECT_MAX_TAPS = 49  # up to 7x7: one conv2d; larger: two 1-D passes if separable, else FFT
+METHODS = ("auto", "direct", "separable", "fft")
+
+
+def choose_method(weights) -> str:
+    """Pick the algorithm by kernel size and rank (measured on a 2-core CPU: for 9x9 and up,
+    two 1-D passes beat conv2d; FFT beats both for large non-separable kernels). Small
+    kernels stay direct, which is exact for integer weights on 8-bit data."""
+    from .kernels import separable_factors
+
+    kh, kw = np.shape(weights)
+    if kh * kw <= DIRECT_MAX_TAPS:
+        return "direct"
+    if kh > 1 and kw > 1 and separable_factors(weights) is not None:
+        return "separable"
+    return "fft"
+
+
 def correlate(
-    x: torch.Tensor, weights, anchor: tuple[int, int] | None = None, geo: Geometry = Geometry()
+    x: torch.Tensor, weights, anchor: tuple[int, int] | None = None, geo: Geometry = Geometry(),
+    method: str = "auto",
 ) -> torch.Tensor:
     """Correlate every channel of ``x`` (N, C, H, W) with one 2-D kernel; returns (N, C, H', W').
 
     ``weights`` is a (kh, kw) array; ``anchor`` the (row, col) of the weight that lands on
     the output pixel with ``padding='same'`` (default: the centre, or up-left of it).
+    ``method``: direct (conv2d), separable (two 1-D passes), fft, or auto (by size and rank).
     """
-    w = torch.as_tensor(np.asarray(weights), dtype=x.dtype, device=x.device)
-    kh, kw = w.shape
+    weights = np.asarray(weights, dtype=np.float64)
+    kh, kw = weights.shape
     if anchor is None:
         anchor = ((kh - 1) // 2, (kw - 1) // 2)
     top, bottom, left, right = pad_amounts((kh, kw), anchor, geo)
@@ -138,8 +154,35 @@ def correlate(
         )
     padded = pad(x, (top, bottom, left, right), geo.border, geo.border_value)
     flat = padded.reshape(n * c, 1, *padded.shape[-2:])
-    out = F.conv2d(flat, w[None, None], stride=geo.stride, dilation=geo.dilation)
+    method = choose_method(weights) if method == "auto" else method
+    s, d = geo.stride, geo.dilation
+    if method == "separable":
+        from .kernels import separable_factors
+
+        column, row = separable_factors(weights)
+        col_w = torch.as_tensor(column, dtype=x.dtype, device=x.device).view(1, 1, kh, 1)
+        row_w = torch.as_tensor(row, dtype=x.dtype, device=x.device).view(1, 1, 1, kw)
+        out = F.conv2d(F.conv2d(flat, col_w, stride=(s, 1), dilation=(d, 1)), row_w, stride=(1, s), dilation=(1, d))
+    elif method == "fft":
+        out = _fft_correlate(flat, weights, s, d)
+    else:
+        w = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
+        out = F.conv2d(flat, w[None, None], stride=s, dilation=d)
     return out.reshape(n, c, out_h, out_w)
+
+
+def _fft_correlate(flat: torch.Tensor, weights: np.ndarray, stride: int, dilation: int) -> torch.Tensor:
+    """Valid correlation of (M, 1, Hp, Wp) through the FFT: exact up to float rounding."""
+    kh, kw = weights.shape
+    dil = np.zeros((dilation * (kh - 1) + 1, dilation * (kw - 1) + 1))
+    dil[::dilation, ::dilation] = weights
+    hp, wp = flat.shape[-2:]
+    size = (hp, wp)
+    spectrum = torch.fft.rfft2(flat, s=size)
+    kernel = torch.fft.rfft2(torch.as_tensor(dil, dtype=flat.dtype, device=flat.device), s=size)
+    full = torch.fft.irfft2(spectrum * kernel.conj(), s=size)
+    valid = full[..., : hp - dil.shape[0] + 1, : wp - dil.shape[1] + 1]
+    return valid[..., ::stride, ::stride].contiguous()
 
 
 def correlate_bank(x: torch.Tensor, kernels, geo: Geometry = Geometry()) -> torch.Tensor:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .convolve import Geometry, correlate, correlate_bank, resolve_device, sample_at_anchor
+from .convolve import Geometry, correlate, correlate_bank, pad, pad_amounts, resolve_device, sample_at_anchor
 from .errors import UsageError
 from .images import Raster
 from .kernels import Kernel
@@ -104,7 +104,8 @@ def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options
     ks = [k.flipped() if options.convolve else k for k in kernels]
     work = _load(raster, options)
     same_frame = options.geometry.padding == "same" or len({(k.shape, k.anchor) for k in ks}) == 1
-    if len(ks) < 2 or work.see_through or options.color == "luma" or not same_frame:
+    plain = all(k.kind == "plain" for k in ks)
+    if len(ks) < 2 or work.see_through or options.color == "luma" or not same_frame or not plain:
         return [(r, st[0]) for r, st in (apply_kernels(raster, [k], options) for k in kernels)]
     bank = correlate_bank(work.x, [(k.weights, k.anchor) for k in ks], options.geometry)
     results = []
@@ -122,13 +123,42 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 
 
 def _filter(x, alpha, k: Kernel, geo: Geometry, color: str) -> torch.Tensor:
+    if k.kind == "multi-channel":
+        return _mix(x, alpha, k, geo)
     if color == "luma" and x.shape[1] == 3:
         # Filter luminance only; adding the change of Y to R, G and B keeps Cb and Cr.
         y = _luma(x)
-        delta = _correlate_alpha(y, alpha, k, geo) - sample_at_anchor(y, k.shape, k.anchor, geo)
+        delta = _respond(y, alpha, k, geo) - sample_at_anchor(y, k.shape, k.anchor, geo)
         return sample_at_anchor(x, k.shape, k.anchor, geo) + delta
-    out = _correlate_alpha(x, alpha, k, geo)
+    out = _respond(x, alpha, k, geo)
     return out.sum(1, keepdim=True) if color == "sum" else out
+
+
+def _respond(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
+    """A plain kernel's response, or a combined kernel's: magnitude √Σgᵢ², max |gᵢ|, or Σgᵢ."""
+    if not k.combine:
+        return _correlate_alpha(x, alpha, k, geo)
+    responses = torch.stack([_correlate_alpha(x, alpha, p, geo) for p in k.parts])
+    if k.combine == "magnitude":
+        return responses.square().sum(0).sqrt() * (k.scale / k.divisor)
+    if k.combine == "max":
+        return responses.abs().amax(0) * (k.scale / k.divisor)
+    return responses.sum(0) * (k.scale / k.divisor)
+
+
+def _mix(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
+    """A multi-channel kernel: every output channel sums its own kernels over the inputs."""
+    w = torch.as_tensor(k.full_weights, dtype=x.dtype, device=x.device)
+    if w.shape[1] != x.shape[1]:
+        raise UsageError(f"kernel {k.name!r} expects {w.shape[1]} input channel(s); the image has {x.shape[1]}")
+    if alpha is not None:
+        x = x * alpha  # premultiplied, renormalised by the pixel's own alpha
+    padded = pad(x, pad_amounts(k.shape, k.anchor, geo), geo.border, geo.border_value)
+    out = torch.nn.functional.conv2d(padded, w, stride=geo.stride, dilation=geo.dilation)
+    if alpha is not None:
+        own = sample_at_anchor(alpha, k.shape, k.anchor, geo)
+        out = torch.where(own > 0, out / own.clamp_min(1e-6), torch.zeros_like(out))
+    return out
 
 
 def _correlate_alpha(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:

@@ -48,7 +48,7 @@ class Layout:
 class Cell:
     label: str
     raster: Raster
-    weights: np.ndarray | None = None  # drawn as a heatmap under the label with show_kernels
+    kernel: object = None  # a Kernel, drawn as a heatmap under the label with show_kernels
 
 
 def parse_color(text: str) -> tuple[int, int, int]:
@@ -124,6 +124,33 @@ def heatmap(weights, cell_px: int = 48, values: bool = True) -> Image.Image:
     return img
 
 
+def _matrices(kernel) -> list[list[np.ndarray]]:
+    """The weight matrices of any kind of kernel, in rows: one for a plain kernel, its parts
+    side by side when combined, output × input channels when multi-channel."""
+    if kernel.kind == "combined":
+        return [[p.weights for p in kernel.parts]]
+    if kernel.kind == "multi-channel":
+        return [list(row) for row in kernel.full_weights]
+    return [[kernel.weights]]
+
+
+def kernel_picture(kernel, cell_px: int = 48, values: bool = True) -> Image.Image:
+    """Heatmaps of all of a kernel's matrices, laid out as :func:`_matrices` says."""
+    rows = [[heatmap(m, cell_px, values) for m in row] for row in _matrices(kernel)]
+    gap = max(4, cell_px // 4)
+    width = max(sum(im.width for im in row) + gap * (len(row) - 1) for row in rows)
+    height = sum(max(im.height for im in row) for row in rows) + gap * (len(rows) - 1)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    y = 0
+    for row in rows:
+        x = 0
+        for im in row:
+            sheet.paste(im, (x, y))
+            x += im.width + gap
+        y += max(im.height for im in row) + gap
+    return sheet
+
+
 def compose(grid: list[list[Cell | None]], *, labels: bool = True, show_kernels: bool = False,
             gap: int = 8, background=(255, 255, 255)) -> Image.Image:
     """Lay out rows of cells (None leaves a slot empty) on one RGB sheet, images centred in
@@ -134,10 +161,11 @@ def compose(grid: list[list[Cell | None]], *, labels: bool = True, show_kernels:
     font = label_font(LABEL_FONT_PX)
     label_h = LABEL_FONT_PX + 8 if labels else 0
     heat_px = heat_cell = 0
-    sizes = [c.weights.shape for c in cells if c.weights is not None] if show_kernels else []
-    if sizes:  # one square size for every heatmap of the sheet, as large as the slots allow
-        heat_cell = max(6, min(24, (slot_w - 2) // max(w for _, w in sizes)))
-        heat_px = max(h for h, _ in sizes) * heat_cell + 1 + 6
+    kernels = [c.kernel for c in cells if c.kernel is not None] if show_kernels else []
+    if kernels:  # one square size for every heatmap of the sheet, as large as the slots allow
+        widest = max(sum(m.shape[1] + 1 for m in row) for k in kernels for row in _matrices(k))
+        heat_cell = max(6, min(24, (slot_w - 2) // widest))
+        heat_px = max(kernel_picture(k, heat_cell).height for k in kernels) + 6
     layout = Layout(len(grid), max(len(r) for r in grid), slot_w, slot_h, label_h + heat_px, gap)
     sheet = Image.new("RGB", layout.size, background)
     draw = ImageDraw.Draw(sheet)
@@ -150,8 +178,8 @@ def compose(grid: list[list[Cell | None]], *, labels: bool = True, show_kernels:
             if labels:
                 draw.text((x + slot_w / 2, y + label_h / 2), _fit_text(cell.label, font, slot_w),
                           fill=ink, font=font, anchor="mm")
-            if heat_px and cell.weights is not None:
-                hm = heatmap(cell.weights, heat_cell, values=True)
+            if heat_px and cell.kernel is not None:
+                hm = kernel_picture(cell.kernel, heat_cell)
                 sheet.paste(hm, (x + (slot_w - hm.width) // 2, y + label_h))
             img = to_rgb8(cell.raster, background)
             sheet.paste(img, (x + (slot_w - img.width) // 2, y + layout.band_h + (slot_h - img.height) // 2))

@@ -39,7 +39,10 @@ MAP_MODES = ("clip", "abs", "offset", "normalize")
 MAX_KERNEL_SIZE = 63  # per side, for kernels from files and the command line
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 16
-ENTRY_KEYS = ("description", "matrix", "divisor", "scale", "bias", "map", "origin", "aliases")
+ENTRY_KEYS = ("description", "matrix", "mix", "weight", "combine", "of", "divisor", "scale", "bias", "map",
+              "origin", "aliases")
+COMBINE_MODES = ("magnitude", "max", "sum")
+SHAPE_KEYS = ("matrix", "mix", "weight", "combine")  # exactly one says what the kernel is
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
 _NUMBER_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
@@ -50,10 +53,15 @@ _NULL_WORDS = {"", "~", "null"}
 
 @dataclass(frozen=True)
 class Kernel:
-    """A named 2-D kernel. ``matrix`` is as written; ``weights`` is what gets applied."""
+    """A named kernel. Three kinds:
+
+    - plain: one 2-D ``matrix`` applied to every channel (``weights`` is what is applied);
+    - combined: ``combine`` (magnitude, max or sum) of the responses to ``parts``;
+    - multi-channel: ``full``, a C_out×C_in×kh×kw weight mixing channels (``mix`` is 1x1).
+    """
 
     name: str
-    matrix: tuple[tuple[float, ...], ...]
+    matrix: tuple[tuple[float, ...], ...] = ()
     description: str = ""
     divisor: float = 1.0
     scale: float = 1.0
@@ -63,23 +71,46 @@ class Kernel:
     aliases: tuple[str, ...] = ()
     source: str = ""
     overrides: str | None = field(default=None, compare=False)
+    combine: str | None = None
+    parts: tuple["Kernel", ...] = ()
+    part_names: tuple[str, ...] = field(default=(), compare=False)  # as written, resolved by the library
+    full: tuple | None = None  # nested C_out x C_in x kh x kw
+
+    @property
+    def kind(self) -> str:
+        return "combined" if self.combine else "multi-channel" if self.full is not None else "plain"
 
     @property
     def shape(self) -> tuple[int, int]:
+        if self.combine:
+            return self.parts[0].shape if self.parts else (1, 1)
+        if self.full is not None:
+            return len(self.full[0][0]), len(self.full[0][0][0])
         return len(self.matrix), len(self.matrix[0])
 
     @property
     def weights(self):
-        """Effective float64 weights, shape (kh, kw): ``matrix * scale / divisor``."""
+        """Effective float64 weights, shape (kh, kw): ``matrix * scale / divisor`` (plain kernels)."""
         import numpy as np
 
+        if self.kind != "plain":
+            raise KernelFileError(f"kernel {self.name!r} is {self.kind}: it has no single weight matrix")
         return np.array(self.matrix, dtype=np.float64) * (self.scale / self.divisor)
+
+    @property
+    def full_weights(self):
+        """Multi-channel weight (C_out, C_in, kh, kw) as float64, after scale/divisor."""
+        import numpy as np
+
+        return np.array(self.full, dtype=np.float64) * (self.scale / self.divisor)
 
     @property
     def anchor(self) -> tuple[int, int]:
         """(row, col) of the weight that lands on the output pixel; centre, or up-left of it."""
         if self.origin is not None:
             return self.origin
+        if self.combine and self.parts:
+            return self.parts[0].anchor
         kh, kw = self.shape
         return (kh - 1) // 2, (kw - 1) // 2
 
@@ -87,10 +118,15 @@ class Kernel:
         """The kernel rotated by 180 degrees: correlation with it is true convolution."""
         kh, kw = self.shape
         ar, ac = self.anchor
+        full = self.full
+        if full is not None:
+            full = tuple(tuple(tuple(tuple(reversed(r)) for r in reversed(m)) for m in row) for row in full)
         return replace(
             self,
             matrix=tuple(tuple(reversed(row)) for row in reversed(self.matrix)),
             origin=(kh - 1 - ar, kw - 1 - ac),
+            parts=tuple(p.flipped() for p in self.parts),
+            full=full,
         )
 
 
@@ -303,14 +339,36 @@ class _FileParser:
                 close = difflib.get_close_matches(key, ENTRY_KEYS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(ENTRY_KEYS)})"
                 raise KernelFileError(f"{self.where(k_node)}: {here}: unknown key {key!r}{hint}")
-        if "matrix" not in fields:
-            raise KernelFileError(f"{self.where(key_node)}: {here} has no 'matrix'")
+        given = [k for k in SHAPE_KEYS if k in fields]
+        if len(given) != 1:
+            raise KernelFileError(
+                f"{self.where(key_node)}: {here} needs exactly one of 'matrix', 'mix', 'weight' or 'combine'"
+                + (f" (has {', '.join(given)})" if given else "")
+            )
         if "description" not in fields:
             raise KernelFileError(f"{self.where(key_node)}: {here} has no 'description'")
+        if ("of" in fields) != ("combine" in fields):
+            raise KernelFileError(f"{self.where(key_node)}: {here}: 'combine' and 'of' go together")
 
         kwargs: dict = {"name": name, "source": self.path}
         kwargs["description"] = self.scalar(fields["description"][1], self.where(node, here))
-        kwargs["matrix"] = self.matrix(fields["matrix"][1], here)
+        if "matrix" in fields:
+            kwargs["matrix"] = self.matrix(fields["matrix"][1], here)
+        elif "mix" in fields:
+            mix = self.matrix(fields["mix"][1], f"{here}, mix")
+            kwargs["full"] = tuple(tuple(((v,),) for v in row) for row in mix)
+        elif "weight" in fields:
+            kwargs["full"] = self.weight(fields["weight"][1], here)
+        else:
+            v_node = fields["combine"][1]
+            mode = self.scalar(v_node, self.where(v_node, here))
+            if mode not in COMBINE_MODES:
+                raise KernelFileError(f"{self.where(v_node, here)}: combine {mode!r} is not one of {', '.join(COMBINE_MODES)}")
+            kwargs["combine"] = mode
+            of_node = fields["of"][1]
+            if not isinstance(of_node, yaml.SequenceNode) or len(of_node.value) < 2:
+                raise KernelFileError(f"{self.where(of_node, here)}: 'of' must list two or more kernel names")
+            kwargs["part_names"] = tuple(self.scalar(n, self.where(n, here)) for n in of_node.value)
         for key in ("divisor", "scale", "bias"):
             if key in fields:
                 v_node = fields[key][1]
@@ -327,6 +385,8 @@ class _FileParser:
                 )
             kwargs["map"] = value
         if "origin" in fields:
+            if "matrix" not in kwargs:
+                raise KernelFileError(f"{self.where(fields['origin'][1], here)}: origin is only for a 'matrix'")
             kwargs["origin"] = self.origin(fields["origin"][1], here, kwargs["matrix"])
         if "aliases" in fields:
             kwargs["aliases"] = self.aliases(fields["aliases"][1], here)
@@ -363,6 +423,21 @@ class _FileParser:
             for r, (row_node, cells) in enumerate(row_items, 1)
         ]
         return check_matrix(rows, self.where(node, here))
+
+    def weight(self, node, here: str) -> tuple:
+        """C_out x C_in x kh x kw nested lists; every output channel a list of C_in matrices."""
+        where = self.where(node, f"{here}, weight")
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise KernelFileError(f"{where}: weight must be a list (one entry per output channel)")
+        out = []
+        for o, out_node in enumerate(node.value, 1):
+            if not isinstance(out_node, yaml.SequenceNode) or not out_node.value:
+                raise KernelFileError(f"{self.where(out_node, here)}: output channel {o} must list one matrix per input channel")
+            out.append(tuple(self.matrix(m, f"{here}, output {o}, input {i}") for i, m in enumerate(out_node.value, 1)))
+        shapes = {(len(m), len(m[0])) for row in out for m in row}
+        if len({len(row) for row in out}) != 1 or len(shapes) != 1:
+            raise KernelFileError(f"{where}: every output channel needs the same number of equal-sized matrices")
+        return tuple(out)
 
     def origin(self, node, here: str, matrix) -> tuple[int, int]:
         where = self.where(node, f"{here}, origin")
@@ -402,6 +477,64 @@ def load_file(path: str | Path) -> list[Kernel]:
     return _FileParser(str(path)).parse(text)
 
 
+# --------------------------------------------------------------------------- writing
+
+
+def entry_yaml(kernel: Kernel) -> str:
+    """One ``kernels:`` entry as YAML text, indented to sit under ``kernels:``."""
+    body: dict = {"description": kernel.description}
+    if kernel.kind == "plain":
+        body["matrix"] = [[_plain(v) for v in row] for row in kernel.matrix]
+    elif kernel.kind == "combined":
+        body["combine"] = kernel.combine
+        body["of"] = list(kernel.part_names or [p.name for p in kernel.parts])
+    else:
+        body["weight"] = [[[[_plain(v) for v in r] for r in m] for m in row] for row in kernel.full]
+    for key, default in (("divisor", 1.0), ("scale", 1.0), ("bias", 0.0)):
+        if getattr(kernel, key) != default:
+            body[key] = _plain(getattr(kernel, key))
+    if kernel.map:
+        body["map"] = kernel.map
+    if kernel.origin is not None:
+        body["origin"] = list(kernel.origin)
+    if kernel.aliases:
+        body["aliases"] = list(kernel.aliases)
+    text = yaml.safe_dump({kernel.name: body}, default_flow_style=None, sort_keys=False, allow_unicode=True, width=1000)
+    return "".join("  " + line + "\n" for line in text.splitlines())
+
+
+def _plain(v: float):
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def save_kernel(path: str | Path, name: str, weights, description: str, *, overwrite: bool = False) -> None:
+    """Add a plain kernel to a library file (created if missing), validated before the file
+    is replaced atomically. A kernel of the same name is replaced only with ``overwrite``;
+    then, or when the file's own layout cannot take an appended entry, the file is written
+    anew from its parsed kernels (its comments are not kept)."""
+    from .images import write_atomic
+
+    path = Path(path)
+    kernel = Kernel(name=name, matrix=check_matrix([[float(v) for v in row] for row in weights], f"kernel {name!r}"),
+                    description=description)
+    header = "version: 1\nkernels:\n"
+    existing = load_file(path) if path.exists() else []
+    if any(k.name == name or name in k.aliases for k in existing):
+        if not overwrite:
+            raise KernelFileError(f"{path}: a kernel named {name!r} exists already; pass --overwrite to replace it")
+        text = header + "".join(entry_yaml(k) for k in existing if k.name != name) + entry_yaml(kernel)
+    else:
+        old = path.read_text(encoding="utf-8") if path.exists() else header
+        text = old.rstrip("\n") + "\n" + entry_yaml(kernel)
+        try:
+            _FileParser(str(path)).parse(text)
+        except KernelFileError:
+            text = header + "".join(entry_yaml(k) for k in existing) + entry_yaml(kernel)
+    _FileParser(str(path)).parse(text)  # never write a file kernelcli cannot read back
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text.encode("utf-8"), overwrite=True)
+
+
 # --------------------------------------------------------------------------- the library
 
 
@@ -423,7 +556,27 @@ class KernelLibrary:
         lib = cls()
         for path in ([shipped_path()] if shipped else []) + [Path(p) for p in paths]:
             lib.add(load_file(path))
+        lib.link()
         return lib
+
+    def link(self) -> None:
+        """Resolve the parts of combined kernels (names, rotations, generators) once all files
+        are loaded; parts must be plain kernels of one shape and anchor."""
+        for name, k in list(self._kernels.items()):
+            if not k.combine:
+                continue
+            parts = []
+            for part_name in k.part_names:
+                try:
+                    part = self.resolve(part_name)
+                except KernelFileError as exc:
+                    raise KernelFileError(f"{k.source}: kernel {name!r}, part {part_name!r}: {exc}") from None
+                if part.kind != "plain":
+                    raise KernelFileError(f"{k.source}: kernel {name!r}: part {part_name!r} must be a plain matrix")
+                parts.append(part)
+            if len({(p.shape, p.anchor) for p in parts}) > 1:
+                raise KernelFileError(f"{k.source}: kernel {name!r}: parts must share one size and anchor")
+            self._kernels[name] = replace(k, parts=tuple(parts))
 
     def add(self, kernels: list[Kernel]) -> None:
         """Add the kernels of one file; a name already known is overridden and remembered."""
@@ -472,7 +625,15 @@ class KernelLibrary:
         raise UnknownKernelError(f"unknown kernel {name!r}{hint}")
 
     def resolve(self, spec: str) -> Kernel:
-        """A kernel name from the library, or an inline matrix such as ``"1 2 1; 2 4 2; 1 2 1"``."""
+        """A kernel by name, ``NAME@ANGLE`` (rotated), ``gaussian:2`` (generated), or an inline
+        matrix such as ``"1 2 1; 2 4 2; 1 2 1"``."""
+        from .generate import generate, is_generated, rotate
+
+        base, at, angle = spec.rpartition("@")
+        if at and base:
+            return rotate(self.resolve(base), angle, spec)
+        if is_generated(spec):
+            return generate(spec)
         return parse_inline(spec) if is_inline_spec(spec) else self.get(spec)
 
 
@@ -495,25 +656,108 @@ def separable_factors(weights):
     return column * sign + 0.0, row * sign + 0.0
 
 
+def symmetry(weights) -> list[str]:
+    """Names of the symmetries of a 2-D kernel (mirror, odd, rotations)."""
+    import numpy as np
+
+    w = np.asarray(weights, dtype=np.float64)
+    tol = 1e-12 * max(1.0, float(np.abs(w).max()))
+    same = lambda a, b: a.shape == b.shape and np.allclose(a, b, atol=tol, rtol=0)  # noqa: E731
+    found = []
+    for flip, axis in ((np.fliplr, "left-right"), (np.flipud, "top-bottom")):
+        if same(w, flip(w)):
+            found.append(f"mirror {axis}")
+        elif same(w, -flip(w)):
+            found.append(f"odd {axis} (mirror flips the sign)")
+    if same(w, np.rot90(w)):
+        found.append("unchanged by 90-degree turns")
+    elif same(w, np.rot90(w, 2)):
+        found.append("unchanged by a half turn")
+    elif same(w, -np.rot90(w, 2)):
+        found.append("a half turn flips the sign")
+    if same(w, w.T) and "unchanged by 90-degree turns" not in found:
+        found.append("mirror on the diagonal")
+    return found
+
+
+def frequency(weights, n: int = 64) -> dict:
+    """Summary of |DFT| of the kernel: gain at DC, peak gain and where, and a class:
+    all-pass, low-pass, high-pass, band-pass, high-boost (sharpens) or mixed."""
+    import numpy as np
+
+    w = np.asarray(weights, dtype=np.float64)
+    n = max(n, *w.shape)
+    gain = np.abs(np.fft.fft2(w, (n, n)))
+    f = np.fft.fftfreq(n)
+    radius = np.hypot(f[:, None], f[None, :])
+    dc, peak, low = gain[0, 0], gain.max(), gain.min()
+    nyquist = max(gain[n // 2, n // 2], gain[0, n // 2], gain[n // 2, 0])
+    if peak - low <= 1e-9 * max(peak, 1e-300):
+        kind = "all-pass"
+    elif dc >= peak * (1 - 1e-9) and nyquist <= 0.5 * dc:
+        kind = "low-pass"
+    elif dc <= 1e-9 * peak:
+        kind = "high-pass" if nyquist >= 0.5 * peak else "band-pass"
+    elif nyquist > dc:
+        kind = "high-boost"
+    else:
+        kind = "mixed"
+    at = np.unravel_index(np.argmax(gain), gain.shape)
+    return {"class": kind, "dc_gain": float(dc), "peak_gain": float(peak),
+            "peak_cycles_per_pixel": round(float(radius[at]), 4), "nyquist_gain": float(nyquist)}
+
+
+FREQUENCY_WORDS = {
+    "all-pass": "passes every frequency alike",
+    "low-pass": "keeps smooth areas, removes fine detail (blurs)",
+    "high-pass": "removes flat areas, keeps the finest detail (edges, noise)",
+    "band-pass": "removes flat areas and the finest noise, keeps edges of a middle scale",
+    "high-boost": "keeps flat areas and amplifies fine detail (sharpens)",
+    "mixed": "changes frequencies unevenly",
+}
+
+
 def describe(kernel: Kernel) -> dict:
     """A JSON-ready summary: the effective float weights and what can be said of them."""
-    w = kernel.weights
-    factors = separable_factors(w)
-    return {
+    info = {
         "name": kernel.name,
         "description": kernel.description,
+        "kind": kernel.kind,
         "size": list(kernel.shape),
-        "matrix": w.tolist(),
-        "written": [list(r) for r in kernel.matrix],
+        "map": kernel.map or "clip",
+        "anchor": list(kernel.anchor),
         "divisor": kernel.divisor,
         "scale": kernel.scale,
         "bias": kernel.bias,
-        "map": kernel.map or "clip",
-        "anchor": list(kernel.anchor),
-        "sum": float(w.sum()),
-        "separable": factors is not None,
-        "factors": None if factors is None else {"column": factors[0].tolist(), "row": factors[1].tolist()},
         "aliases": list(kernel.aliases),
         "source": kernel.source,
         "overrides": kernel.overrides,
     }
+    if kernel.kind == "plain":
+        w = kernel.weights
+        factors = separable_factors(w)
+        info.update({
+            "matrix": w.tolist(),
+            "written": [list(r) for r in kernel.matrix],
+            "sum": float(w.sum()),
+            "separable": factors is not None,
+            "factors": None if factors is None else {"column": factors[0].tolist(), "row": factors[1].tolist()},
+            "symmetry": symmetry(w),
+            "frequency": frequency(w),
+            "parameters": int(w.size),
+        })
+    elif kernel.kind == "combined":
+        info.update({
+            "combine": kernel.combine,
+            "parts": [{"name": p.name, "matrix": p.weights.tolist()} for p in kernel.parts],
+            "parameters": sum(int(p.weights.size) for p in kernel.parts),
+        })
+    else:
+        full = kernel.full_weights
+        info.update({
+            "weight": full.tolist(),
+            "channels_out": full.shape[0],
+            "channels_in": full.shape[1],
+            "parameters": int(full.size),
+        })
+    return info

@@ -106,7 +106,8 @@ def test_all_includes_user_kernels(small, tmp_path, library):
     mine = tmp_path / "mine.yaml"
     mine.write_text("kernels:\n  my-one:\n    description: x\n    matrix: [[1]]\n")
     got = sheet(run("grid", "--all", "--kernels", mine, small[0], "-o", "-", "--gap", "0", "--no-labels"))
-    assert got.shape[1] == (len(library) + 2) * 30  # original + shipped + mine
+    usable = [k for k in library if k.kind != "multi-channel"]  # --all leaves channel mixers out
+    assert got.shape[1] == (len(usable) + 2) * 30  # original + shipped + mine
 
 
 def heat_cells(img: np.ndarray, rows: int, cols: int, px: int):

@@ -180,7 +180,7 @@ def test_later_file_overrides_shipped_name_and_says_so(tmp_path):
 
 
 def test_separable_factors_reconstruct(library):
-    for k in library:
+    for k in (k for k in library if k.kind == "plain"):
         f = separable_factors(k.weights)
         if f is not None:
             np.testing.assert_allclose(np.outer(*f), k.weights, atol=1e-12)

@@ -31,3 +31,22 @@ def test_readme_worked_example_output_is_true():
         capture_output=True, text=True, check=True,
     )
     assert "$ kernelcli apply -k \"0 1; 2 3\" --padding valid samples/example-3x3.csv -o -\n" + proc.stdout in README
+
+
+def test_every_command_of_the_learning_section_runs(tmp_path, monkeypatch):
+    import shlex
+    import shutil
+
+    from click.testing import CliRunner
+
+    from kernelcli.cli import main
+
+    section = README.split("## Learn convolution with kernelcli", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)\n```", section, re.S).group(1)
+    commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("kernelcli ")]
+    assert len(commands) >= 15
+    shutil.copytree(ROOT / "samples", tmp_path / "samples")
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        result = CliRunner().invoke(main, shlex.split(command)[1:])
+        assert result.exit_code == 0, f"{command}: {result.stderr}"

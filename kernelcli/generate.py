@@ -1,0 +1,172 @@
+"""Parametric kernels, usable wherever a kernel name is: ``gaussian:1.5``, ``box:5``,
+``motion:9,30``, ``log:1.4``, ``dog:1,2``, ``unsharp:1,0.8``, and rotations ``NAME@ANGLE``.
+
+Default sizes cover ±3σ (size = 2·ceil(3σ) + 1). Angles are degrees, counter-clockwise as
+seen on screen. numpy only: no torch here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from .errors import KernelFileError
+from .kernels import MAX_KERNEL_SIZE, Kernel, check_matrix, parse_number
+
+GENERATORS = {
+    "gaussian": "gaussian:SIGMA[,SIZE] — Gaussian blur, sum 1",
+    "box": "box:N — N×N mean",
+    "motion": "motion:LENGTH,ANGLE — motion blur along a line at ANGLE degrees",
+    "log": "log:SIGMA[,SIZE] — Laplacian of Gaussian, sign as `laplacian` (bright spots bright), sum 0",
+    "dog": "dog:SIGMA1,SIGMA2[,SIZE] — difference of Gaussians G(σ1) − G(σ2), a band-pass",
+    "unsharp": "unsharp:SIGMA,AMOUNT[,SIZE] — (1+AMOUNT)·identity − AMOUNT·G(σ), sharpens",
+}
+ROTATION_HELP = "NAME@ANGLE — any kernel turned by a multiple of 90° (45° for 3x3, ring rotation)"
+
+
+def is_generated(spec: str) -> bool:
+    name, sep, _ = spec.partition(":")
+    return bool(sep) and name in GENERATORS
+
+
+def _args(spec: str, counts: tuple[int, ...]) -> list[float]:
+    name, _, rest = spec.partition(":")
+    values = [parse_number(t, f"kernel {spec!r}") for t in re.split(r"[,\s]+", rest.strip()) if t]
+    if len(values) not in counts:
+        raise KernelFileError(f"kernel {spec!r}: expected {GENERATORS[name].split(' — ')[0]}")
+    return values
+
+
+def _size(spec: str, sigma: float, given: list[float]) -> int:
+    if sigma <= 0:
+        raise KernelFileError(f"kernel {spec!r}: sigma must be > 0")
+    size = int(given[0]) if given else 2 * math.ceil(3 * sigma) + 1
+    if given and (given[0] != size or size < 1 or size % 2 == 0):
+        raise KernelFileError(f"kernel {spec!r}: size must be an odd whole number")
+    if size > MAX_KERNEL_SIZE:
+        raise KernelFileError(f"kernel {spec!r}: size {size} is over the limit of {MAX_KERNEL_SIZE}")
+    return size
+
+
+def gaussian_1d(sigma: float, size: int) -> np.ndarray:
+    x = np.arange(size) - (size - 1) / 2
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def gaussian_2d(sigma: float, size: int) -> np.ndarray:
+    g = gaussian_1d(sigma, size)
+    return np.outer(g, g)
+
+
+def _identity(size: int) -> np.ndarray:
+    d = np.zeros((size, size))
+    d[size // 2, size // 2] = 1.0
+    return d
+
+
+def generate(spec: str) -> Kernel:
+    """The kernel for a generator spec such as ``gaussian:2`` or ``motion:9,45``."""
+    name = spec.partition(":")[0]
+    if name == "gaussian":
+        sigma, *rest = _args(spec, (1, 2))
+        w = gaussian_2d(sigma, _size(spec, sigma, rest))
+        what = f"Gaussian blur, sigma {sigma:g}"
+    elif name == "box":
+        (n,) = _args(spec, (1,))
+        if n != int(n) or not 1 <= n <= MAX_KERNEL_SIZE:
+            raise KernelFileError(f"kernel {spec!r}: N must be a whole number from 1 to {MAX_KERNEL_SIZE}")
+        w = np.ones((int(n), int(n))) / n**2
+        what = f"{int(n)}x{int(n)} mean"
+    elif name == "motion":
+        length, angle = _args(spec, (2,))
+        w = motion(spec, length, angle)
+        what = f"motion blur, {length:g} px at {angle:g} degrees"
+    elif name == "log":
+        sigma, *rest = _args(spec, (1, 2))
+        size = _size(spec, sigma, rest)
+        x = np.arange(size) - (size - 1) / 2
+        r2 = x[:, None] ** 2 + x[None, :] ** 2
+        w = -(r2 - 2 * sigma**2) / sigma**4 * np.exp(-r2 / (2 * sigma**2))  # −∇²G
+        w -= w.mean()  # exactly zero-sum: flat areas give 0
+        w /= np.abs(w).sum() / 2
+        what = f"Laplacian of Gaussian, sigma {sigma:g}"
+    elif name == "dog":
+        s1, s2, *rest = _args(spec, (2, 3))
+        size = _size(spec, max(s1, s2), rest)
+        w = gaussian_2d(s1, size) - gaussian_2d(s2, size)
+        what = f"difference of Gaussians, sigma {s1:g} minus {s2:g}"
+    elif name == "unsharp":
+        sigma, amount, *rest = _args(spec, (2, 3))
+        size = _size(spec, sigma, rest)
+        w = (1 + amount) * _identity(size) - amount * gaussian_2d(sigma, size)
+        what = f"unsharp mask, sigma {sigma:g}, amount {amount:g}"
+    else:  # pragma: no cover - guarded by is_generated
+        raise KernelFileError(f"unknown generator {name!r}")
+    matrix = check_matrix([list(r) for r in w], f"kernel {spec!r}")
+    return Kernel(name=_file_safe(spec), matrix=matrix, description=what, source="generated")
+
+
+def motion(spec: str, length: float, angle: float) -> np.ndarray:
+    """A line of ``length`` pixels through the centre at ``angle`` degrees; each pixel weighs
+    the length of line inside it (so ``motion:5,0`` is exactly a 1x5 mean), sum 1."""
+    if length < 1:
+        raise KernelFileError(f"kernel {spec!r}: length must be at least 1")
+    size = int(math.ceil(length)) | 1  # odd
+    if size > MAX_KERNEL_SIZE:
+        raise KernelFileError(f"kernel {spec!r}: length {length:g} is over the limit of {MAX_KERNEL_SIZE}")
+    w = np.zeros((size, size))
+    c = (size - 1) / 2
+    theta = math.radians(angle)
+    samples = 1000 * size
+    t = -length / 2 + (np.arange(samples) + 0.5) * (length / samples)  # midpoints of equal pieces
+    cols = np.clip(np.round(c + t * math.cos(theta)).astype(int), 0, size - 1)
+    rows = np.clip(np.round(c - t * math.sin(theta)).astype(int), 0, size - 1)  # rows grow downwards
+    np.add.at(w, (rows, cols), 1.0)
+    return w / w.sum()
+
+
+def rotate(kernel: Kernel, angle_text: str, spec: str) -> Kernel:
+    """``kernel`` turned counter-clockwise by a multiple of 90° (exact), or of 45° for 3x3
+    kernels (the outer ring moves one place, as in compass edge kernels)."""
+    try:
+        angle = float(angle_text)
+    except ValueError:
+        raise KernelFileError(f"kernel {spec!r}: {angle_text!r} is not an angle in degrees") from None
+    if angle % 45:
+        raise KernelFileError(f"kernel {spec!r}: rotate by multiples of 45 degrees (90 for kernels over 3x3)")
+    steps = int(angle // 45) % 8
+    parts = tuple(rotate(p, angle_text, spec) for p in kernel.parts)
+    if kernel.full is not None:
+        raise KernelFileError(f"kernel {spec!r}: multi-channel kernels cannot be rotated")
+    w = np.array(kernel.matrix, dtype=float) if kernel.matrix else None
+    if w is not None:
+        if steps % 2:
+            if w.shape != (3, 3):
+                raise KernelFileError(f"kernel {spec!r}: 45-degree turns need a 3x3 kernel; use a multiple of 90")
+            ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]  # clockwise
+            turned = w.copy()
+            for i, (r, c) in enumerate(ring):  # counter-clockwise: each value moves one place back
+                turned[ring[(i - 1) % 8]] = w[r, c]
+            w = np.rot90(turned, steps // 2)
+        else:
+            w = np.rot90(w, steps // 2)
+    from dataclasses import replace
+
+    return replace(
+        kernel,
+        name=_file_safe(spec),
+        matrix=tuple(tuple(float(v) for v in row) for row in w) if w is not None else (),
+        origin=None,
+        description=f"{kernel.name} turned {angle:g} degrees counter-clockwise",
+        aliases=(),
+        parts=parts,
+        overrides=None,
+    )
+
+
+def _file_safe(spec: str) -> str:
+    """A name usable in output file names: ``gaussian:1.5,9`` → ``gaussian-1.5-9``."""
+    return re.sub(r"[^a-z0-9.+-]+", "-", spec.lower().replace("@", "-r")).strip("-")
