@@ -55,8 +55,8 @@ def apply(image, *kernels, library: KernelLibrary | None = None, border: str = "
     """
     import numpy as np
 
-    from .convolve import Geometry, parse_border
-    from .filters import Options, apply_kernels
+    from .filters import apply_kernels
+    from .options import Geometry, Options, parse_border
     from .images import Raster, from_pil, to_pil
 
     library = library or load_library()

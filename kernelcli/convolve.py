@@ -8,73 +8,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import DeviceError, UsageError
+from .options import Geometry, pad_amounts
 from .shapes import output_size
 
-BORDERS = ("replicate", "reflect", "symmetric", "circular", "zeros", "constant")
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How a kernel is laid over the image: borders, padding, stride, dilation.
-
-    ``padding`` is ``"same"`` (output keeps the input size at stride 1), ``"valid"`` (no
-    padding) or a number of pixels added on every side. ``border_value`` is used by the
-    ``constant`` border, in the image's own units (0–255 for 8-bit).
-    """
-
-    border: str = "replicate"
-    border_value: float = 0.0
-    padding: str | int = "same"
-    stride: int = 1
-    dilation: int = 1
-
-    def __post_init__(self):
-        if self.border not in BORDERS:
-            raise UsageError(f"unknown border {self.border!r}; choose one of {', '.join(BORDERS)}")
-        if not (self.padding in ("same", "valid") or (isinstance(self.padding, int) and self.padding >= 0)):
-            raise UsageError(f"padding must be 'same', 'valid' or a number >= 0, not {self.padding!r}")
-        if self.stride < 1 or self.dilation < 1:
-            raise UsageError("stride and dilation must be at least 1")
-
-
-def parse_border(text: str) -> tuple[str, float]:
-    """``replicate`` → ("replicate", 0); ``constant:128`` → ("constant", 128.0); ``zeros`` → constant 0."""
-    name, _, value = text.partition(":")
-    if name == "zeros" and not value:
-        return "zeros", 0.0
-    if name == "constant":
-        try:
-            return "constant", float(value) if value else 0.0
-        except ValueError:
-            raise UsageError(f"border {text!r}: write constant:V with a number V") from None
-    if name in BORDERS and not value:
-        return name, 0.0
-    raise UsageError(f"unknown border {text!r}; choose one of {', '.join(BORDERS[:-1])} or constant:V")
-
-
-def parse_padding(text: str) -> str | int:
-    if text in ("same", "valid"):
-        return text
-    if re.fullmatch(r"\d+", text):
-        return int(text)
-    raise UsageError(f"padding {text!r}: use same, valid or a number of pixels")
-
-
-def pad_amounts(shape: tuple[int, int], anchor: tuple[int, int], geo: Geometry) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) pixels added around the image for a kernel of ``shape``."""
-    (kh, kw), (ar, ac), d = shape, anchor, geo.dilation
-    if geo.padding == "same":
-        return d * ar, d * (kh - 1 - ar), d * ac, d * (kw - 1 - ac)
-    p = 0 if geo.padding == "valid" else geo.padding
-    return p, p, p, p
 
 
 def border_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
@@ -96,6 +39,16 @@ def border_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
         m = np.mod(i, 2 * n - 2)
         return np.where(m >= n, 2 * n - 2 - m, m)
     raise ValueError(mode)
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing ``array``'s memory. Decoded images are read-only numpy arrays;
+    kernelcli never writes to its inputs, so torch's warning about that is silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def pad(x: torch.Tensor, amounts: tuple[int, int, int, int], border: str, value: float = 0.0) -> torch.Tensor:

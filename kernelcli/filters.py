@@ -5,40 +5,28 @@ read → tensor → (per kernel: correlate → map to the output depth) → Rast
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .convolve import Geometry, correlate, correlate_bank, pad, pad_amounts, resolve_device, sample_at_anchor
+from .convolve import (
+    Geometry,
+    as_tensor,
+    correlate,
+    correlate_bank,
+    pad,
+    pad_amounts,
+    resolve_device,
+    sample_at_anchor,
+)
 from .errors import UsageError
 from .images import Raster
 from .kernels import Kernel
-from .mapping import Stats, check_mode, map_values
+from .mapping import Stats, map_values
+from .options import Options
 
-COLOR_MODES = ("channels", "gray", "luma", "sum")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's "L" conversion
-
-
-@dataclass(frozen=True)
-class Options:
-    """How kernels are applied. ``map=None`` uses each kernel's default (else clip);
-    ``bias=None`` uses each kernel's bias. ``raw`` skips mapping: float results out."""
-
-    geometry: Geometry = field(default_factory=Geometry)
-    convolve: bool = False
-    color: str = "channels"
-    map: str | None = None
-    scale: float = 1.0
-    bias: float | None = None
-    raw: bool = False
-    device: str | None = None
-
-    def __post_init__(self):
-        if self.color not in COLOR_MODES:
-            raise UsageError(f"unknown color mode {self.color!r}; choose one of {', '.join(COLOR_MODES)}")
-        if self.map is not None:
-            check_mode(self.map)
 
 
 @dataclass
@@ -56,12 +44,12 @@ def _load(raster: Raster, options: Options) -> _Work:
     wide = raster.pixels.dtype == np.float64 or (raster.maxval or 0) > 255
     dtype = torch.float64 if wide else torch.float32
     maxval = raster.maxval or 255.0
-    x = torch.from_numpy(np.ascontiguousarray(raster.pixels)).to(device, dtype)[None]
+    x = as_tensor(np.ascontiguousarray(raster.pixels)).to(device, dtype)[None]
     if options.color == "gray" and x.shape[1] == 3:
         x = _luma(x)
     alpha = None
     if raster.alpha is not None:
-        alpha = torch.from_numpy(raster.alpha).to(device, dtype)[None, None] / maxval
+        alpha = as_tensor(raster.alpha).to(device, dtype)[None, None] / maxval
     # Fully opaque: filter like plain colour (exactly), but still carry alpha to the output.
     return _Work(x, alpha, alpha is not None and bool((alpha < 1).any()), maxval)
 
@@ -83,7 +71,11 @@ def _raster(y: torch.Tensor, alpha: torch.Tensor | None, options: Options, maxva
 def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> tuple[Raster, list[Stats]]:
     """Apply ``kernels`` in sequence. Unless ``options.raw``, each step's result is mapped
     and rounded to the output bit depth before the next, so a chain of separate runs gives
-    the same pixels as one run. Returns the new Raster and each step's Stats."""
+    the same pixels as one run. Returns the new Raster and each step's Stats (None where
+    the fast engine ran with ``options.stats`` off)."""
+    fast = _fast(raster, kernels, options)
+    if fast is not None:
+        return fast
     work = _load(raster, options)
     geo, x, alpha = options.geometry, work.x, work.alpha
     stats = []
@@ -97,6 +89,31 @@ def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Opti
     return _raster(x, alpha, options, work.maxval, raster), stats
 
 
+def _fast(raster: Raster, kernels: list[Kernel], options: Options):
+    """The strip engine of :mod:`kernelcli.fast` for 8/16-bit images on the CPU, when every
+    step qualifies (plain kernels, stride 1, same padding, no transparency); else None."""
+    from . import fast
+
+    maxval = raster.maxval
+    c = raster.pixels.shape[0]
+    if (options.raw or raster.pixels.dtype not in (np.uint8, np.uint16) or (options.color != "channels" and c != 1)
+            or (raster.alpha is not None and (raster.alpha < maxval).any())
+            or resolve_device(options.device).type != "cpu"):
+        return None
+    steps = [(kernel.flipped() if options.convolve else kernel, kernel) for kernel in kernels]
+    modes = [options.map or kernel.map or "clip" for kernel in kernels]
+    if not all(fast.eligible(k, options.geometry, m, maxval, c) for (k, _), m in zip(steps, modes)):
+        return None
+    hwc = np.ascontiguousarray(raster.pixels.transpose(1, 2, 0))
+    stats = []
+    for (k, kernel), mode in zip(steps, modes):
+        bias = kernel.bias if options.bias is None else options.bias
+        hwc, st = fast.filter_strips(hwc, k, options.geometry, mode, maxval, options.scale, bias, options.stats)
+        stats.append(st)
+    result = Raster(hwc.transpose(2, 0, 1), raster.alpha, maxval, raster.format, raster.icc_profile, raster.exif)
+    return result, stats
+
+
 def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> list[tuple[Raster, Stats]]:
     """Each kernel alone on the same raster, equal to ``apply_kernels(raster, [k])`` for every
     k. Computed as one convolution with a kernel per output channel (2–5x faster than one by
@@ -107,10 +124,11 @@ def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options
     plain = all(k.kind == "plain" for k in ks)
     if len(ks) < 2 or work.see_through or options.color == "luma" or not same_frame or not plain:
         return [(r, st[0]) for r, st in (apply_kernels(raster, [k], options) for k in kernels)]
-    bank = correlate_bank(work.x, [(k.weights, k.anchor) for k in ks], options.geometry)
+    bank = correlate_bank(work.x, [(_taps(k), k.anchor) for k in ks], options.geometry)
     results = []
     for i, (kernel, k) in enumerate(zip(kernels, ks)):
-        y = bank[:, :, i].sum(1, keepdim=True) if options.color == "sum" else bank[:, :, i]
+        y = bank[:, :, i] / k.divisor if k.divisor != 1 else bank[:, :, i]
+        y = y.sum(1, keepdim=True) if options.color == "sum" else y
         alpha = None if work.alpha is None else sample_at_anchor(work.alpha, k.shape, k.anchor, options.geometry)
         y, st = _finish(y, kernel, options, work.maxval)
         results.append((_raster(y, alpha, options, work.maxval, raster), st))
@@ -168,12 +186,19 @@ def _correlate_alpha(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
     colour = corr(c·a) / (corr(a) / sum(w)) for kernels with a non-zero sum (a weighted
     average over visible pixels); zero-sum kernels divide by the pixel's own alpha.
     """
-    weights = k.weights
+    taps = _taps(k)
     if alpha is None:
-        return correlate(x, weights, k.anchor, geo)
-    num = correlate(x * alpha, weights, k.anchor, geo)
+        out = correlate(x, taps, k.anchor, geo)
+        return out / k.divisor if k.divisor != 1 else out
+    num = correlate(x * alpha, taps, k.anchor, geo) / k.divisor
     own = sample_at_anchor(alpha, k.shape, k.anchor, geo)
-    total = float(weights.sum())
-    den = correlate(alpha, weights, k.anchor, geo) / total if abs(total) > 1e-9 else own
+    total = float(taps.sum())
+    den = correlate(alpha, taps, k.anchor, geo) / total if abs(total) > 1e-9 else own
     den = torch.where(den > 1e-6, den, own)
     return torch.where(own > 0, num / den.clamp_min(1e-6), torch.zeros_like(num))
+
+
+def _taps(k: Kernel) -> np.ndarray:
+    """The matrix as written times its scale; the divisor is applied after summing, so
+    integer kernels on 8-bit data are exact, as in the fast engine."""
+    return np.array(k.matrix, dtype=np.float64) * k.scale

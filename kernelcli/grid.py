@@ -76,7 +76,9 @@ def fit(raster: Raster, long_side: int | None) -> Raster:
     def resize(plane):
         return np.asarray(Image.fromarray(plane.astype(np.float32)).resize(size, Image.Resampling.LANCZOS))
 
-    pixels = np.stack([resize(p) for p in raster.pixels]).astype(raster.pixels.dtype)
+    pixels = np.stack([resize(p) for p in raster.pixels])
+    if raster.maxval is not None:  # back to the pixel type: rounded, inside the range
+        pixels = np.clip(np.round(pixels), 0, raster.maxval).astype(raster.pixels.dtype)
     alpha = None if raster.alpha is None else resize(raster.alpha)
     return Raster(pixels, alpha, raster.maxval, raster.format)
 

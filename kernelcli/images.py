@@ -29,7 +29,8 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 @dataclass
 class Raster:
-    """Pixels (C, H, W) float, C = 1 (gray) or 3 (RGB) for images, any C for arrays."""
+    """Pixels (C, H, W), C = 1 (gray) or 3 (RGB) for images, any C for arrays: uint8 or
+    uint16 as decoded (often a view of an (H, W, C) array), float for results and arrays."""
 
     pixels: np.ndarray
     alpha: np.ndarray | None = None
@@ -134,8 +135,10 @@ def _read_image(name: str, data: bytes) -> Raster:
     if getattr(img, "n_frames", 1) > 1:
         notes.append(f"{name}: has {img.n_frames} frames; using the first")
     icc = img.info.get("icc_profile")
-    img = ImageOps.exif_transpose(img)
     exif = img.getexif()
+    if exif.get(0x0112, 1) != 1:  # turn upright (only then: exif_transpose copies otherwise)
+        img = ImageOps.exif_transpose(img)
+        exif = img.getexif()
     exif.pop(0x0112, None)  # orientation is now applied
     raster = from_pil(img, name)
     return replace(raster, format=fmt, icc_profile=icc, exif=exif.tobytes() if len(exif) else None, notes=notes)
@@ -156,21 +159,21 @@ def from_pil(img: Image.Image, name: str = "image") -> Raster:
         mode = "RGBA" if mode == "RGBa" else "RGB"
         img = img.convert(mode)
     if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img).astype(np.float64)
+        arr = np.asarray(img)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ImageError(f"{name}: 32-bit integer image with values outside 0–65535 is not supported")
-        return Raster(arr[None], maxval=65535.0)
+        return Raster(arr.astype(np.uint16)[None], maxval=65535.0)
     if mode == "F":
         return Raster(np.asarray(img, dtype=np.float32)[None], maxval=None)
     if mode not in ("L", "LA", "RGB", "RGBA"):
         raise ImageError(f"{name}: image mode {mode!r} is not supported")
-    arr = np.asarray(img, dtype=np.float32)
+    arr = np.asarray(img)  # uint8, (H, W) or (H, W, C); kept as is, no float copy
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    pixels = np.ascontiguousarray(arr.transpose(2, 0, 1))
+    pixels = arr.transpose(2, 0, 1)  # a (C, H, W) view of the (H, W, C) pixels
     alpha = None
     if mode in ("LA", "RGBA"):
-        pixels, alpha = pixels[:-1], pixels[-1]
+        pixels, alpha = pixels[:-1], arr[..., -1]
     return Raster(pixels, alpha=alpha, maxval=255.0)
 
 
@@ -217,12 +220,12 @@ def to_pil(raster: Raster, fmt: str = "PNG", name: str = "output") -> Image.Imag
         if fmt not in ("PNG", "TIFF"):
             raise UsageError(f"{name}: {fmt} cannot hold 16-bit gray; write .png or .tif")
         return Image.fromarray(raster.pixels[0].astype(np.uint16))
-    planes = list(raster.pixels)
+    arr = raster.pixels.transpose(1, 2, 0)  # (H, W, C): no copy when the pixels are such a view
     if raster.alpha is not None:
         if fmt == "JPEG":
             raise UsageError(f"{name}: JPEG cannot store transparency; write .png, .webp or .tif")
-        planes.append(raster.alpha)
-    arr = np.stack(planes, axis=-1).astype(np.uint8)
+        arr = np.dstack([arr, raster.alpha])
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)  # L, LA, RGB or RGBA
 
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
-from .kernels import MAP_MODES
+from .options import check_mode
 
 
 @dataclass(frozen=True)
@@ -22,21 +21,6 @@ class Stats:
     minimum: float
     maximum: float
     clipped: float  # fraction of values outside 0..maxval after mapping, before the clip
-
-
-def parse_bias(text: str) -> float:
-    """``0.5`` or ``50%`` → 0.5 (a fraction of full scale)."""
-    t = text.strip()
-    try:
-        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
-    except ValueError:
-        raise UsageError(f"bias {text!r}: write a fraction such as 0.5 or a percentage such as 50%") from None
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MAP_MODES:
-        raise UsageError(f"unknown map {mode!r}; choose one of {', '.join(MAP_MODES)}")
-    return mode
 
 
 def map_values(

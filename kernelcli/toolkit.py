@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .convolve import Geometry, pad, pad_amounts, resolve_device
+from .convolve import Geometry, as_tensor, pad, pad_amounts, resolve_device
 from .shapes import output_size, transposed_size
 from .errors import UsageError
 from .images import Raster
@@ -29,7 +29,7 @@ def _planes(raster: Raster, device, dtype=None) -> tuple[torch.Tensor, int]:
     if dtype is None:
         wide = raster.pixels.dtype == np.float64 or (raster.maxval or 0) > 255
         dtype = torch.float64 if wide else torch.float32
-    return torch.from_numpy(np.ascontiguousarray(planes)).to(device, dtype)[None], raster.pixels.shape[0]
+    return as_tensor(np.ascontiguousarray(planes)).to(device, dtype)[None], raster.pixels.shape[0]
 
 
 def _back(y: torch.Tensor, colours: int, raster: Raster, mode: str = "clip") -> Raster:
@@ -136,7 +136,7 @@ def learn(source: Raster, target: Raster, shape: tuple[int, int], geo: Geometry 
         anchor = ((kh - 1) // 2, (kw - 1) // 2)
     if source.pixels.shape[0] != target.pixels.shape[0]:
         raise UsageError(f"INPUT has {source.pixels.shape[0]} channel(s), TARGET {target.pixels.shape[0]}")
-    x = torch.from_numpy(np.ascontiguousarray(source.pixels)).to(torch.float64)[None]
+    x = as_tensor(np.ascontiguousarray(source.pixels)).to(torch.float64)[None]
     top, bottom, left, right = pad_amounts(shape, anchor, geo)
     h, w = source.size
     out_h = output_size(h, kh, top + bottom, geo.stride, geo.dilation)

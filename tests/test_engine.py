@@ -17,7 +17,7 @@ from .test_kernels import EXPECTED
 
 
 def geo(border="replicate", **kw):
-    from kernelcli.convolve import parse_border
+    from kernelcli.options import parse_border
 
     mode, value = parse_border(border)
     return Geometry(mode, value, **kw)

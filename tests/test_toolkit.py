@@ -4,7 +4,6 @@ transposed convolution, upsampling, learning kernels, explaining shapes."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from kernelcli.convolve import Geometry, correlate
 from kernelcli.images import Raster
 from kernelcli.kernels import describe
 
-from .conftest import scipy_correlate, to_8bit
+from .conftest import scipy_correlate
 from .test_kernels import EXPECTED
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

@@ -1,0 +1,108 @@
+"""How kernels are applied, as plain data: geometry (borders, padding, stride, dilation)
+and value options. No torch here, so the command line checks every option before torch
+is imported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+from .kernels import MAP_MODES
+
+BORDERS = ("replicate", "reflect", "symmetric", "circular", "zeros", "constant")
+COLOR_MODES = ("channels", "gray", "luma", "sum")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a kernel is laid over the image: borders, padding, stride, dilation.
+
+    ``padding`` is ``"same"`` (output keeps the input size at stride 1), ``"valid"`` (no
+    padding) or a number of pixels added on every side. ``border_value`` is used by the
+    ``constant`` border, in the image's own units (0–255 for 8-bit).
+    """
+
+    border: str = "replicate"
+    border_value: float = 0.0
+    padding: str | int = "same"
+    stride: int = 1
+    dilation: int = 1
+
+    def __post_init__(self):
+        if self.border not in BORDERS:
+            raise UsageError(f"unknown border {self.border!r}; choose one of {', '.join(BORDERS)}")
+        if not (self.padding in ("same", "valid") or (isinstance(self.padding, int) and self.padding >= 0)):
+            raise UsageError(f"padding must be 'same', 'valid' or a number >= 0, not {self.padding!r}")
+        if self.stride < 1 or self.dilation < 1:
+            raise UsageError("stride and dilation must be at least 1")
+
+
+def parse_border(text: str) -> tuple[str, float]:
+    """``replicate`` → ("replicate", 0); ``constant:128`` → ("constant", 128.0); ``zeros`` → constant 0."""
+    name, _, value = text.partition(":")
+    if name == "zeros" and not value:
+        return "zeros", 0.0
+    if name == "constant":
+        try:
+            return "constant", float(value) if value else 0.0
+        except ValueError:
+            raise UsageError(f"border {text!r}: write constant:V with a number V") from None
+    if name in BORDERS and not value:
+        return name, 0.0
+    raise UsageError(f"unknown border {text!r}; choose one of {', '.join(BORDERS[:-1])} or constant:V")
+
+
+def parse_padding(text: str) -> str | int:
+    if text in ("same", "valid"):
+        return text
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    raise UsageError(f"padding {text!r}: use same, valid or a number of pixels")
+
+
+def pad_amounts(shape: tuple[int, int], anchor: tuple[int, int], geo: Geometry) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) pixels added around the image for a kernel of ``shape``."""
+    (kh, kw), (ar, ac), d = shape, anchor, geo.dilation
+    if geo.padding == "same":
+        return d * ar, d * (kh - 1 - ar), d * ac, d * (kw - 1 - ac)
+    p = 0 if geo.padding == "valid" else geo.padding
+    return p, p, p, p
+
+
+def parse_bias(text: str) -> float:
+    """``0.5`` or ``50%`` → 0.5 (a fraction of full scale)."""
+    t = text.strip()
+    try:
+        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UsageError(f"bias {text!r}: write a fraction such as 0.5 or a percentage such as 50%") from None
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MAP_MODES:
+        raise UsageError(f"unknown map {mode!r}; choose one of {', '.join(MAP_MODES)}")
+    return mode
+
+
+@dataclass(frozen=True)
+class Options:
+    """How kernels are applied. ``map=None`` uses each kernel's default (else clip);
+    ``bias=None`` uses each kernel's bias. ``raw`` skips mapping: float results out."""
+
+    geometry: Geometry = field(default_factory=Geometry)
+    convolve: bool = False
+    color: str = "channels"
+    map: str | None = None
+    scale: float = 1.0
+    bias: float | None = None
+    raw: bool = False
+    device: str | None = None
+    stats: bool = True  # compute each step's Stats (the fast engine skips them when False)
+
+    def __post_init__(self):
+        if self.color not in COLOR_MODES:
+            raise UsageError(f"unknown color mode {self.color!r}; choose one of {', '.join(COLOR_MODES)}")
+        if self.map is not None:
+            check_mode(self.map)

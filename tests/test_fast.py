@@ -1,0 +1,81 @@
+"""The fast strip engine equals the reference engine bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kernelcli.fast as fast
+from kernelcli.options import Geometry, parse_border
+from kernelcli.filters import Options, apply_kernels
+from kernelcli.images import Raster
+
+from .conftest import BORDERS
+
+
+@pytest.fixture(autouse=True)
+def small_strips(monkeypatch):
+    monkeypatch.setattr(fast, "STRIP_BYTES", 64)  # many strips even on tiny images: halos must join
+
+
+def both(raster: Raster, kernels, options: Options):
+    """(fast result, reference result): the reference runs on a float copy of the pixels."""
+    quick, quick_stats = apply_kernels(raster, kernels, options)
+    slow_raster = Raster(raster.pixels.astype(np.float64 if raster.maxval > 255 else np.float32),
+                         raster.alpha, raster.maxval)
+    slow, slow_stats = apply_kernels(slow_raster, kernels, options)
+    return quick, slow, quick_stats, slow_stats
+
+
+@pytest.mark.parametrize("border", BORDERS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_plain_kernel_every_border(library, rng, border, channels):
+    mode, value = parse_border(border)
+    pixels = rng.integers(0, 256, (channels, 23, 17)).astype(np.uint8)
+    for kernel in (k for k in library if k.kind == "plain"):
+        for mapping in ("clip", "abs", "offset"):
+            options = Options(geometry=Geometry(mode, value), map=mapping)
+            assert fast.eligible(kernel, options.geometry, mapping, 255.0, channels)
+            quick, slow, qs, ss = both(Raster(pixels, maxval=255.0), [kernel], options)
+            assert quick.pixels.dtype == np.uint8
+            np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(np.uint8), err_msg=f"{kernel.name} {mapping}")
+            assert qs[0].clipped == pytest.approx(ss[0].clipped, abs=1e-6)
+            assert (qs[0].minimum, qs[0].maximum) == pytest.approx((ss[0].minimum, ss[0].maximum), abs=1e-4)
+
+
+@pytest.mark.parametrize("spec", ["gaussian:1", "box:4", "log:0.8", "unsharp:0.8,1.5", "motion:5,30", "1/3 1/3 1/3"])
+@pytest.mark.parametrize("kw", [{}, {"dilation": 2}, {"border": "reflect", "dilation": 3}])
+def test_generated_and_fractional_kernels(library, rng, spec, kw):
+    pixels = rng.integers(0, 256, (3, 31, 29)).astype(np.uint8)
+    quick, slow, _, _ = both(Raster(pixels, maxval=255.0), [library.resolve(spec)], Options(geometry=Geometry(**kw)))
+    np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(np.uint8))
+
+
+def test_sequences_scale_bias_convolve_and_16_bit(library, rng):
+    pixels8 = rng.integers(0, 256, (3, 19, 21)).astype(np.uint8)
+    ks = [library.get("blur"), library.get("emboss"), library.get("sharpen")]
+    for options in (Options(), Options(scale=0.5, bias=0.25), Options(convolve=True, map="abs"),
+                    Options(geometry=Geometry("constant", 100.0))):
+        quick, slow, _, _ = both(Raster(pixels8, maxval=255.0), ks, options)
+        np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(np.uint8))
+    pixels16 = rng.integers(0, 65536, (1, 19, 21)).astype(np.uint16)
+    quick, slow, _, _ = both(Raster(pixels16, maxval=65535.0), ks, Options())
+    assert quick.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(np.uint16))
+
+
+def test_opaque_alpha_is_carried(library, rng):
+    pixels = rng.integers(0, 256, (3, 9, 9)).astype(np.uint8)
+    alpha = np.full((9, 9), 255, np.uint8)
+    quick, slow, _, _ = both(Raster(pixels, alpha, 255.0), [library.get("outline")], Options())
+    np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(np.uint8))
+    np.testing.assert_array_equal(quick.alpha, alpha)
+
+
+def test_not_eligible_cases(library):
+    geo = Geometry()
+    assert not fast.eligible(library.get("sobel"), geo, "clip", 255.0, 1)  # combined
+    assert not fast.eligible(library.get("blur"), Geometry(stride=2), "clip", 255.0, 1)
+    assert not fast.eligible(library.get("blur"), Geometry(padding="valid"), "clip", 255.0, 1)
+    assert not fast.eligible(library.get("blur"), geo, "normalize", 255.0, 1)
+    assert not fast.eligible(library.get("blur"), geo, "clip", None, 1)
