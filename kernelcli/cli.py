@@ -867,6 +867,71 @@ def explain(steps, size_text, as_json, kernel_files):
     stdout_console().print(table)
 
 
+# --------------------------------------------------------------------------- bench
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1), help="Runs of each command.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Where workloads and outputs go  [default: a temporary folder].")
+@click.option("--samples", type=click.Path(exists=True, file_okay=False),
+              help="Folder of sample photos  [default: the repository's samples/].")
+@click.option("--only", metavar="W1,W2,…", help="Run only these workloads.")
+@click.option("--quality", default=90, show_default=True, type=click.IntRange(1, 100), help="JPEG quality for all tools.")
+@click.option("--device", metavar="DEV", help="Passed to kernelcli's commands (e.g. cuda).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def bench(repeat, workdir, samples, only, quality, device, as_json, quiet):
+    """Time kernelcli against ImageMagick and libvips on the same generated files.
+
+    \b
+    W1  150 JPEGs 512x512, sharpen, one process for the folder (mogrify -path; a vips loop)
+    W2  one 6000x4000 JPEG, sharpen (vips conv; convert -morphology Correlate)
+    W3  the same photo, Gaussian blur sigma 5 (vips gaussblur; convert -blur 0x5)
+    W4  kernelcli --help, kernelcli kernels list
+    W5  peak memory of W2
+    Peers run when convert/mogrify (ImageMagick) and vips (libvips-tools) are on PATH.
+    """
+    import tempfile
+
+    from .bench import bench as run_bench
+
+    samples_dir = Path(samples) if samples else Path(__file__).resolve().parents[1] / "samples"
+    if not (samples_dir / "camera.png").exists():
+        raise UsageError(f"{samples_dir}: no sample photos here; pass --samples DIR (the repository's samples/)")
+    wanted = [w.strip().upper() for w in only.split(",")] if only else None
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kernelcli-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log = (lambda m: None) if quiet else say
+    log(f"workloads in {work}")
+    data = run_bench(work, samples_dir, repeat=repeat, quality=quality, device=device, only=wanted, log=log)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    from .console import stdout_console
+
+    out = stdout_console()
+    m = data["machine"]
+    out.print(f"{m['cpus']} CPUs · {m['platform']} · Python {m['python']} · torch {m['torch']} · {m['date']} · "
+              f"medians of {repeat} · kernelcli start-up (interpreter + imports) {data['start_up_seconds']:.2f} s")
+    table = Table("workload", "tool", "seconds", "after start-up", "throughput", "peak MB", box=None, header_style="bold")
+    for r in data["rows"]:
+        rate = (f"{r['files_per_second']} files/s" if "files_per_second" in r
+                else f"{r['megapixels_per_second']} MP/s" if "megapixels_per_second" in r else "")
+        table.add_row(r["workload"], r["tool"], f"{r['seconds']:.3f}",
+                      f"{r['after_start_up']:.3f}" if "after_start_up" in r else "", rate,
+                      f"{r['peak_mb']:.0f}" if r["peak_mb"] else "")
+    out.print(table)
+    targets = Table("target", "measured", "limit", "met", "what", box=None, header_style="bold")
+    for t in data["targets"]:
+        targets.add_row(t["target"], f"{t['value']:.2f} {t['unit']}", f"{t['limit']} {t['unit']}",
+                        "yes" if t["met"] else "NO", t["what"])
+    out.print(targets)
+    for name, phases in data["phases"].items():
+        out.print(f"{name} in-process split, one thread: " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
+
+
 def entry() -> None:
     """The ``kernelcli`` console script. Runs the click group, then, once torch has been
     imported, leaves without the interpreter's teardown: unloading torch costs about 0.3 s

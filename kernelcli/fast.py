@@ -28,10 +28,28 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+BAND_ROWS = 48  # output rows (and columns) per banded matrix product
+
+
+def banded(kernel: Kernel) -> tuple[np.ndarray, np.ndarray] | None:
+    """The 1-D factors of a large separable kernel, which runs as two banded matrix products
+    (vertical, then horizontal) instead of kh·kw shifted adds; None for other kernels."""
+    from .convolve import choose_method
+    from .kernels import separable_factors
+
+    if kernel.kind != "plain" or choose_method(kernel.weights) != "separable":
+        return None
+    return separable_factors(kernel.weights)
+
+
 def eligible(kernel: Kernel, geo: Geometry, mode: str, maxval: float | None, channels: int) -> bool:
-    """Whether :func:`filter_strips` computes this step (else the reference engine does)."""
+    """Whether :func:`filter_strips` computes this step (else the reference engine does):
+    small kernels as shifted adds, large separable ones as banded products."""
+    from .convolve import choose_method
+
     return (
         kernel.kind == "plain"
+        and choose_method(kernel.weights) in ("direct", "separable")
         and maxval in (255.0, 65535.0)
         and geo.padding == "same"
         and geo.stride == 1
@@ -72,7 +90,8 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
         col_out = torch.from_numpy((np.arange(-left, w + right) < 0) | (np.arange(-left, w + right) >= w))
         row_outside = (np.arange(-top, h + bottom) < 0) | (np.arange(-top, h + bottom) >= h)
 
-    ints = integer_form(kernel, scale)
+    factors = banded(kernel)
+    ints = None if factors else integer_form(kernel, scale)
     weights = kernel.weights * scale
     if ints is not None:
         taps, divisor = ints
@@ -90,6 +109,9 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
     tap_list = [(a, b, taps[a, b].item()) for a in range(kh) for b in range(kw) if taps[a, b] != 0]
     offset = bias * maxval + ((maxval + 1) / 2 if mode == "offset" else 0.0)
     strip = max(1, STRIP_BYTES // max(1, w * c * hwc.itemsize))
+    if factors:
+        strip = BAND_ROWS
+        column, row = factors[0] * scale, factors[1]
 
     def one(r0: int) -> tuple[float, float, int]:
         r1 = min(h, r0 + strip)
@@ -101,7 +123,9 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
             block[:, col_out] = fill
         sh = r1 - r0
         acc = None
-        for a, b, v in tap_list:
+        if factors:
+            acc = _separable(block, column, row, d, sh, w, c)
+        for a, b, v in (tap_list if not factors else ()):
             part = block[a * d: a * d + sh, b * d: b * d + w]
             if acc is None:
                 acc = part * v
@@ -135,6 +159,30 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
     hi = max(p[1] for p in parts)
     share = sum(p[2] for p in parts) / max(1, h * w * c)
     return out, Stats(lo + bias * maxval, hi + bias * maxval, share)
+
+
+def _band(n: int, taps: np.ndarray, dilation: int, dtype) -> torch.Tensor:
+    """The (n, n + d·(k−1)) matrix whose product with a column of inputs correlates it."""
+    k = len(taps)
+    t = np.zeros((n, n + dilation * (k - 1)))
+    for i in range(n):
+        t[i, i: i + dilation * (k - 1) + 1: dilation] = taps
+    return torch.from_numpy(t).to(dtype)
+
+
+def _separable(block: torch.Tensor, column, row, dilation: int, sh: int, w: int, c: int) -> torch.Tensor:
+    """Correlate a padded (sh + reach, w + reach, c) block with outer(column, row): one
+    matrix product down the rows, then blocks of products along the columns."""
+    rows_in = block.shape[0]
+    vertical = _band(sh, column, dilation, block.dtype) @ block.reshape(rows_in, -1)
+    across = vertical.reshape(sh, -1, c).transpose(0, 1).reshape(-1, sh * c)  # (w + reach, sh·c)
+    result = torch.empty(w, sh * c, dtype=block.dtype)
+    full = _band(BAND_ROWS, row, dilation, block.dtype)
+    for c0 in range(0, w, BAND_ROWS):
+        n = min(BAND_ROWS, w - c0)
+        t = full if n == BAND_ROWS else _band(n, row, dilation, block.dtype)
+        torch.matmul(t, across[c0: c0 + t.shape[1]], out=result[c0: c0 + n])
+    return result.reshape(w, sh, c).transpose(0, 1)
 
 
 def _executor(workers: int | None) -> ThreadPoolExecutor:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-
-import numpy as np
+from dataclasses import replace
 
 from .errors import KernelFileError
 from .kernels import MAX_KERNEL_SIZE, Kernel, check_matrix, parse_number
@@ -50,18 +49,24 @@ def _size(spec: str, sigma: float, given: list[float]) -> int:
     return size
 
 
-def gaussian_1d(sigma: float, size: int) -> np.ndarray:
+def gaussian_1d(sigma: float, size: int):
+    import numpy as np
+
     x = np.arange(size) - (size - 1) / 2
     g = np.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
-def gaussian_2d(sigma: float, size: int) -> np.ndarray:
+def gaussian_2d(sigma: float, size: int):
+    import numpy as np
+
     g = gaussian_1d(sigma, size)
     return np.outer(g, g)
 
 
-def _identity(size: int) -> np.ndarray:
+def _identity(size: int):
+    import numpy as np
+
     d = np.zeros((size, size))
     d[size // 2, size // 2] = 1.0
     return d
@@ -69,6 +74,8 @@ def _identity(size: int) -> np.ndarray:
 
 def generate(spec: str) -> Kernel:
     """The kernel for a generator spec such as ``gaussian:2`` or ``motion:9,45``."""
+    import numpy as np
+
     name = spec.partition(":")[0]
     if name == "gaussian":
         sigma, *rest = _args(spec, (1, 2))
@@ -109,9 +116,11 @@ def generate(spec: str) -> Kernel:
     return Kernel(name=_file_safe(spec), matrix=matrix, description=what, source="generated")
 
 
-def motion(spec: str, length: float, angle: float) -> np.ndarray:
+def motion(spec: str, length: float, angle: float):
     """A line of ``length`` pixels through the centre at ``angle`` degrees; each pixel weighs
     the length of line inside it (so ``motion:5,0`` is exactly a 1x5 mean), sum 1."""
+    import numpy as np
+
     if length < 1:
         raise KernelFileError(f"kernel {spec!r}: length must be at least 1")
     size = int(math.ceil(length)) | 1  # odd
@@ -128,37 +137,43 @@ def motion(spec: str, length: float, angle: float) -> np.ndarray:
     return w / w.sum()
 
 
+def _rot90(m: tuple, quarter_turns: int) -> tuple:
+    """Turn a matrix (tuple of rows) counter-clockwise by quarter turns, as numpy.rot90."""
+    for _ in range(quarter_turns % 4):
+        m = tuple(zip(*m))[::-1]
+    return tuple(tuple(row) for row in m)
+
+
 def rotate(kernel: Kernel, angle_text: str, spec: str) -> Kernel:
     """``kernel`` turned counter-clockwise by a multiple of 90° (exact), or of 45° for 3x3
-    kernels (the outer ring moves one place, as in compass edge kernels)."""
+    kernels (the outer ring moves one place, as in compass edge kernels). No numpy: the
+    shipped library turns kernels while loading, and listing it must stay fast."""
     try:
         angle = float(angle_text)
     except ValueError:
         raise KernelFileError(f"kernel {spec!r}: {angle_text!r} is not an angle in degrees") from None
     if angle % 45:
         raise KernelFileError(f"kernel {spec!r}: rotate by multiples of 45 degrees (90 for kernels over 3x3)")
-    steps = int(angle // 45) % 8
-    parts = tuple(rotate(p, angle_text, spec) for p in kernel.parts)
     if kernel.full is not None:
         raise KernelFileError(f"kernel {spec!r}: multi-channel kernels cannot be rotated")
-    w = np.array(kernel.matrix, dtype=float) if kernel.matrix else None
-    if w is not None:
-        if steps % 2:
-            if w.shape != (3, 3):
-                raise KernelFileError(f"kernel {spec!r}: 45-degree turns need a 3x3 kernel; use a multiple of 90")
-            ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]  # clockwise
-            turned = w.copy()
-            for i, (r, c) in enumerate(ring):  # counter-clockwise: each value moves one place back
-                turned[ring[(i - 1) % 8]] = w[r, c]
-            w = np.rot90(turned, steps // 2)
-        else:
-            w = np.rot90(w, steps // 2)
-    from dataclasses import replace
-
+    steps = int(angle // 45) % 8
+    parts = tuple(rotate(p, angle_text, spec) for p in kernel.parts)
+    m = kernel.matrix
+    if m and steps % 2:
+        if (len(m), len(m[0])) != (3, 3):
+            raise KernelFileError(f"kernel {spec!r}: 45-degree turns need a 3x3 kernel; use a multiple of 90")
+        ring = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]  # clockwise
+        turned = [list(row) for row in m]
+        for i, (r, c) in enumerate(ring):  # counter-clockwise: each value moves one place back
+            pr, pc = ring[(i - 1) % 8]
+            turned[pr][pc] = m[r][c]
+        m = tuple(tuple(row) for row in turned)
+    if m:
+        m = _rot90(m, steps // 2)
     return replace(
         kernel,
         name=_file_safe(spec),
-        matrix=tuple(tuple(float(v) for v in row) for row in w) if w is not None else (),
+        matrix=tuple(tuple(float(v) for v in row) for row in m),
         origin=None,
         description=f"{kernel.name} turned {angle:g} degrees counter-clockwise",
         aliases=(),
