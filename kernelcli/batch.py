@@ -88,7 +88,7 @@ class Report:
                     "status": status,
                     "error": error,
                 }
-                self.stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+                self.stream.write(json.dumps(line) + "\n")  # ASCII: undecodable file names stay valid JSON
                 self.stream.flush()
 
     @property

@@ -207,6 +207,22 @@ def build_options(border, padding, stride, dilation, convolve, color, map_mode, 
     )
 
 
+def input_limit_options(f):
+    for option in reversed([
+        click.option("--max-pixels", default=100_000_000, show_default=True, type=click.IntRange(min=1),
+                     help="Refuse images with more pixels (checked from the header, before decoding)."),
+        click.option("--allow-truncated", is_flag=True, help="Accept cut-off image files, with a warning."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _limits(max_pixels=100_000_000, allow_truncated=False):
+    from .images import Limits
+
+    return Limits(max_pixels=max_pixels, allow_truncated=allow_truncated)
+
+
 FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF",
            "bmp": "BMP", "npy": "NPY", "csv": "CSV"}
 EXIT_CODES_BATCH = (
@@ -241,10 +257,14 @@ EXIT_CODES_BATCH = (
 @click.option("--stats", is_flag=True, help="Print each step's value range and share clipped to stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print a line per file.")
+@click.option("--background", "flatten_on", metavar="COLOR",
+              help="Flatten transparency onto this colour for formats without alpha (JPEG).")
+@input_limit_options
 @geometry_options
 @kernel_files_option
 def apply(kernel_specs, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-          quality, overwrite, skip_existing, report_path, jobs, stats, quiet, verbose, kernel_files, **geo):
+          quality, overwrite, skip_existing, report_path, jobs, stats, quiet, verbose, flatten_on, max_pixels,
+          allow_truncated, kernel_files, **geo):
     """Filter images (files, folders, .npy/.csv arrays, or - for stdin) with kernels.
 
     \b
@@ -273,10 +293,14 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
     if not inputs and files_from is None:
         raise UsageError("no input given; name files or folders, - for stdin, or --files-from")
     torch_loading = _warm_torch()  # ~1 s, overlapped with planning and the first decodes
+    _route_warnings()
     library = load_library(kernel_files)
     kernels_ = [library.resolve(spec) for spec in kernel_specs]
     options = build_options(raw=False, stats=stats, **geo)
-    job = _Render(kernels_, options, quality, stats)
+    from .grid import parse_color
+
+    job = _Render(kernels_, options, quality, stats, _limits(max_pixels, allow_truncated),
+                  parse_color(flatten_on) if flatten_on else None)
     if "-" in inputs or output == "-":
         _check_device(options)
         return _apply_stream(job, inputs, output, fmt, files_from, each, overwrite)
@@ -287,8 +311,9 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
 class _Render:
     """One raster through one group of kernels into encoded bytes, with --stats lines."""
 
-    def __init__(self, kernels_, options, quality, stats):
+    def __init__(self, kernels_, options, quality, stats, limits, background=None):
         self.kernels, self.options, self.quality, self.stats = kernels_, options, quality, stats
+        self.limits, self.background = limits, background
 
     def __call__(self, raster, group, fmt, name) -> bytes:
         from dataclasses import replace
@@ -296,26 +321,37 @@ class _Render:
         from .filters import apply_kernels
         from .images import encode
 
-        result, step_stats = apply_kernels(raster, list(group), replace(self.options, raw=fmt in ("NPY", "CSV")))
+        # Raw floats out: arrays, and float images into a format that holds them (gray TIFF).
+        raw = fmt in ("NPY", "CSV") or (raster.maxval is None and fmt == "TIFF" and raster.pixels.shape[0] == 1)
+        result, step_stats = apply_kernels(raster, list(group), replace(self.options, raw=raw))
         if self.stats:
             for k, st in zip(group, step_stats):
-                say(f"{name}: {k.name}: min {st.minimum:g}, max {st.maximum:g}, clipped {st.clipped:.2%}")
-        return encode(result, fmt, quality=self.quality, name=str(name))
+                if st is not None:
+                    say(f"{name}: {k.name}: min {st.minimum:g}, max {st.maximum:g}, clipped {st.clipped:.2%}")
+        return encode(result, fmt, quality=self.quality, name=str(name), background=self.background)
 
 
 def _apply_stream(job, inputs, output, fmt, files_from, each, overwrite):
     """One image from stdin or a file, to stdout or a file."""
     if len(inputs) != 1 or files_from is not None or each and len(job.kernels) > 1:
         raise UsageError("- (stdin/stdout) takes exactly one input and one output")
-    _single(inputs[0], output or "-", fmt, overwrite, lambda raster, out_fmt, name: job(raster, job.kernels, out_fmt, name))
+    _single(inputs[0], output or "-", fmt, overwrite, lambda raster, out_fmt, name: job(raster, job.kernels, out_fmt, name),
+            limits=job.limits)
 
 
-def _single(source, output, fmt, overwrite, render, suffix=None):
+def _route_warnings():
+    from .images import route_warnings
+
+    route_warnings()
+
+
+def _single(source, output, fmt, overwrite, render, suffix=None, limits=None):
     """Read one input (a file or - for stdin), render it to bytes, write one output (a file,
     or - for stdout). Without ``output``, the result goes beside the input as
     ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work."""
     from .images import extension_for, format_for_path, read, write_atomic
 
+    _route_warnings()
     if source == "-" and sys.stdin.isatty():
         raise UsageError("no input: stdin is a terminal; pipe an image in or name a file")
     if source != "-" and not os.path.isfile(source):
@@ -336,7 +372,8 @@ def _single(source, output, fmt, overwrite, render, suffix=None):
                 raise UsageError(f"{output}: is the input; refusing to overwrite it")
             if not overwrite:
                 raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
-    raster = read(source, _read_stdin() if source == "-" else None)
+    limits = limits or _limits()
+    raster = read(source, _read_stdin(limits.max_bytes) if source == "-" else None, limits)
     for note in raster.notes:
         warn(note)
     out_fmt = out_fmt or (raster.format if raster.format in FORMATS.values() else "PNG")
@@ -349,8 +386,14 @@ def _single(source, output, fmt, overwrite, render, suffix=None):
         say(f"wrote {output}")
 
 
-def _read_stdin() -> bytes:
-    return sys.stdin.buffer.read()
+def _read_stdin(limit: int = 1 << 30) -> bytes:
+    """All of stdin, up to ``limit`` bytes (one more is read to tell "too much")."""
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        from .images import ImageError
+
+        raise ImageError(f"stdin: more than {limit} bytes; refused")
+    return data
 
 
 def _check_format(out_fmt, fmt, output):
@@ -457,7 +500,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
             format_for_path(o.path)
 
     def read_warned(path):
-        raster = read(path)
+        raster = read(path, limits=job.limits)
         for note in raster.notes:
             warn(note)
         return raster
@@ -556,10 +599,11 @@ def _share_threads(workers: int) -> None:
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"]),
               help="Format for stdout  [default: png].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@input_limit_options
 @geometry_options
 @kernel_files_option
 def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, show_kernels, cell, gap,
-         background, fmt, overwrite, kernel_files, **geo):
+         background, fmt, overwrite, max_pixels, allow_truncated, kernel_files, **geo):
     """A labelled contact sheet: each INPUT, then the same image through each kernel.
 
     \b
@@ -587,6 +631,7 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
         raise UsageError(f"--cell {cell!r}: give a number of pixels or full")
     long_side = None if cell == "full" else int(cell)
     colour = parse_color(background)
+    _route_warnings()
     out_fmt = _sheet_output(output, fmt, overwrite, inputs)
     options = build_options(raw=False, **geo)
     from .convolve import resolve_device
@@ -597,7 +642,8 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
     for path in inputs:
         if path != "-" and not os.path.isfile(path):
             raise UsageError(f"{path}: {'is a directory' if os.path.isdir(path) else 'no such file'}")
-        raster = fit(read(path, sys.stdin.buffer.read() if path == "-" else None), long_side)
+        limits = _limits(max_pixels, allow_truncated)
+        raster = fit(read(path, _read_stdin(limits.max_bytes) if path == "-" else None, limits), long_side)
         row = [Cell(Path(path).name if path != "-" else "stdin", raster)]
         for k, (result, _) in zip(kernels_, apply_each(raster, kernels_, options)):
             row.append(Cell(k.name, result, k))

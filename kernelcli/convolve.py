@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DeviceError, UsageError
+from .errors import DeviceError, ImageError, UsageError
 from .options import Geometry, pad_amounts
 from .shapes import output_size
 
@@ -84,13 +84,16 @@ def choose_method(weights) -> str:
 
 def correlate(
     x: torch.Tensor, weights, anchor: tuple[int, int] | None = None, geo: Geometry = Geometry(),
-    method: str = "auto",
+    method: str = "auto", tile_rows: int | None = None,
 ) -> torch.Tensor:
     """Correlate every channel of ``x`` (N, C, H, W) with one 2-D kernel; returns (N, C, H', W').
 
     ``weights`` is a (kh, kw) array; ``anchor`` the (row, col) of the weight that lands on
     the output pixel with ``padding='same'`` (default: the centre, or up-left of it).
     ``method``: direct (conv2d), separable (two 1-D passes), fft, or auto (by size and rank).
+    ``tile_rows`` computes that many output rows at a time (each tile reads its input rows
+    with the kernel's reach), equal to the untiled result; on a GPU that runs out of memory,
+    kernelcli retries in ever smaller tiles by itself.
     """
     weights = np.asarray(weights, dtype=np.float64)
     kh, kw = weights.shape
@@ -105,23 +108,65 @@ def correlate(
             f"a {kh}x{kw} kernel (dilation {geo.dilation}) does not fit a {h}x{wd} image "
             f"with padding {geo.padding!r}; use more padding or a smaller kernel"
         )
-    padded = pad(x, (top, bottom, left, right), geo.border, geo.border_value)
-    flat = padded.reshape(n * c, 1, *padded.shape[-2:])
     method = choose_method(weights) if method == "auto" else method
+    if tile_rows is None:
+        try:
+            padded = pad(x, (top, bottom, left, right), geo.border, geo.border_value)
+            return _valid(padded, weights, geo, method).reshape(n, c, out_h, out_w)
+        except torch.OutOfMemoryError:
+            if x.device.type == "cpu":
+                raise
+            torch.cuda.empty_cache()
+            tile_rows = max(1, out_h // 4)
+    while True:
+        try:
+            return _tiled(x, weights, (top, bottom, left, right), geo, method, out_h, tile_rows)
+        except torch.OutOfMemoryError:
+            if x.device.type == "cpu" or tile_rows == 1:
+                raise ImageError(f"out of {x.device.type} memory even one output row at a time") from None
+            torch.cuda.empty_cache()
+            tile_rows = max(1, tile_rows // 2)
+
+
+def _valid(padded: torch.Tensor, weights: np.ndarray, geo: Geometry, method: str) -> torch.Tensor:
+    """Valid correlation of an already padded (N, C, Hp, Wp) block; returns (N*C, 1, H', W')."""
+    kh, kw = weights.shape
+    flat = padded.reshape(-1, 1, *padded.shape[-2:])
     s, d = geo.stride, geo.dilation
     if method == "separable":
         from .kernels import separable_factors
 
         column, row = separable_factors(weights)
-        col_w = torch.as_tensor(column, dtype=x.dtype, device=x.device).view(1, 1, kh, 1)
-        row_w = torch.as_tensor(row, dtype=x.dtype, device=x.device).view(1, 1, 1, kw)
-        out = F.conv2d(F.conv2d(flat, col_w, stride=(s, 1), dilation=(d, 1)), row_w, stride=(1, s), dilation=(1, d))
-    elif method == "fft":
-        out = _fft_correlate(flat, weights, s, d)
-    else:
-        w = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
-        out = F.conv2d(flat, w[None, None], stride=s, dilation=d)
-    return out.reshape(n, c, out_h, out_w)
+        col_w = torch.as_tensor(column, dtype=flat.dtype, device=flat.device).view(1, 1, kh, 1)
+        row_w = torch.as_tensor(row, dtype=flat.dtype, device=flat.device).view(1, 1, 1, kw)
+        return F.conv2d(F.conv2d(flat, col_w, stride=(s, 1), dilation=(d, 1)), row_w, stride=(1, s), dilation=(1, d))
+    if method == "fft":
+        return _fft_correlate(flat, weights, s, d)
+    w = torch.as_tensor(weights, dtype=flat.dtype, device=flat.device)
+    return F.conv2d(flat, w[None, None], stride=s, dilation=d)
+
+
+def _tiled(x, weights, amounts, geo: Geometry, method: str, out_h: int, tile_rows: int) -> torch.Tensor:
+    """Output rows in tiles: each tile gathers its input rows (borders by index), pads the
+    columns, and correlates; the tiles are stacked."""
+    top, bottom, left, right = amounts
+    kh = weights.shape[0]
+    n, c, h, _ = x.shape
+    s, d = geo.stride, geo.dilation
+    constant = geo.border in ("zeros", "constant")
+    rows = border_index(h, top, bottom, "replicate" if constant else geo.border)
+    outside = (np.arange(-top, h + bottom) < 0) | (np.arange(-top, h + bottom) >= h)
+    pieces = []
+    for o0 in range(0, out_h, tile_rows):
+        o1 = min(out_h, o0 + tile_rows)
+        p0, p1 = o0 * s, (o1 - 1) * s + d * (kh - 1) + 1
+        block = x.index_select(2, torch.from_numpy(rows[p0:p1]).to(x.device))
+        if constant and outside[p0:p1].any():
+            block = block.clone()
+            block[:, :, torch.from_numpy(outside[p0:p1]).to(x.device)] = geo.border_value
+        block = pad(block, (0, 0, left, right), geo.border, geo.border_value)
+        pieces.append(_valid(block, weights, geo, method).reshape(n, c, o1 - o0, -1))
+    return torch.cat(pieces, dim=2)
 
 
 def _fft_correlate(flat: torch.Tensor, weights: np.ndarray, stride: int, dilation: int) -> torch.Tensor:

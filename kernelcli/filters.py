@@ -20,7 +20,7 @@ from .convolve import (
     resolve_device,
     sample_at_anchor,
 )
-from .errors import UsageError
+from .errors import ImageError, UsageError
 from .images import Raster
 from .kernels import Kernel
 from .mapping import Stats, map_values
@@ -56,6 +56,8 @@ def _load(raster: Raster, options: Options) -> _Work:
 
 def _finish(y: torch.Tensor, kernel: Kernel, options: Options, maxval: float) -> tuple[torch.Tensor, Stats]:
     """Map one step's float result to the output depth (or keep it raw)."""
+    if not bool(torch.isfinite(y).all()):
+        raise ImageError(f"kernel {kernel.name!r} gave NaN or infinite values (an overflow?); nothing written")
     if options.raw:
         return y, Stats(float(y.min()), float(y.max()), 0.0)
     bias = kernel.bias if options.bias is None else options.bias

@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from .errors import ImageError, UsageError, WriteError
 
@@ -25,6 +26,20 @@ ARRAY_FORMATS = ("NPY", "CSV")
 _ARRAY_EXT = {".npy": "NPY", ".csv": "CSV", ".txt": "CSV"}
 _TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"}
 _NPY_MAGIC = b"\x93NUMPY"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What kernelcli agrees to decode. Pixel and side limits are checked from the header,
+    before any pixel is decoded; ``allow_truncated`` accepts cut-off files with a warning."""
+
+    max_pixels: int = 100_000_000
+    max_side: int = 65_535
+    max_bytes: int = 1 << 30  # a file or stdin larger than this is refused
+    allow_truncated: bool = False
+
+
+_truncated_lock = threading.Lock()
 
 
 @dataclass
@@ -71,7 +86,7 @@ def extension_for(fmt: str) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def read(source: str | Path, data: bytes | None = None) -> Raster:
+def read(source: str | Path, data: bytes | None = None, limits: Limits = Limits()) -> Raster:
     """Read an image or array from a path, or from ``data`` bytes (stdin) named ``source``."""
     name = str(source)
     if data is None:
@@ -80,16 +95,18 @@ def read(source: str | Path, data: bytes | None = None) -> Raster:
             return _read_array(name, path, _ARRAY_EXT[path.suffix.lower()])
         try:
             with open(path, "rb") as fh:
-                data = fh.read()
+                data = fh.read(limits.max_bytes + 1)
         except IsADirectoryError:
             raise ImageError(f"{name}: is a directory, not an image") from None
         except OSError as exc:
             raise ImageError(f"{name}: cannot read: {exc.strerror or exc}") from None
     if not data:
         raise ImageError(f"{name}: empty file, not an image" if name != "-" else "no image data on stdin")
+    if len(data) > limits.max_bytes:
+        raise ImageError(f"{name}: more than {limits.max_bytes} bytes; refused")
     if data.startswith(_NPY_MAGIC):
         return _read_array(name, io.BytesIO(data), "NPY")
-    return _read_image(name, data)
+    return _read_image(name, data, limits)
 
 
 def _read_array(name: str, src, fmt: str) -> Raster:
@@ -118,20 +135,66 @@ def _read_array(name: str, src, fmt: str) -> Raster:
     return Raster(pixels, maxval=None, format=fmt)
 
 
-def _read_image(name: str, data: bytes) -> Raster:
+def _read_image(name: str, data: bytes, limits: Limits = Limits()) -> Raster:
+    """Decode with Pillow. With :func:`route_warnings` installed, Pillow's warnings about
+    damaged data become notes naming the file (per thread); where the warnings filter turns
+    them into errors, they are this file's error."""
+    _pending.notes = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        raster = _decode(name, data, limits)
+    except Warning as exc:
+        raise ImageError(f"{name}: damaged image data: {exc}") from None
+    finally:
+        caught, _pending.notes = _pending.notes, None
+    raster.notes.extend(f"{name}: {text}" for text in dict.fromkeys(caught))
+    return raster
+
+
+_pending = threading.local()
+
+
+def route_warnings() -> None:
+    """Send warnings raised while this thread decodes an image to that image's notes (the CLI
+    prints them as ``kernelcli: warning: FILE: …``); other warnings show as usual. Idempotent."""
+    original = warnings.showwarning
+    if getattr(original, "kernelcli", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        notes = getattr(_pending, "notes", None)
+        if notes is not None:
+            notes.append(str(message).strip())
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    show.kernelcli = True
+    warnings.showwarning = show
+
+
+def _decode(name: str, data: bytes, limits: Limits) -> Raster:
+    notes = []
+    Image.MAX_IMAGE_PIXELS = None  # kernelcli checks the header itself, below, with its own limits
+    try:
+        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        width, height = img.size
+        if width * height > limits.max_pixels or max(width, height) > limits.max_side:
+            raise ImageError(
+                f"{name}: refused, {width}x{height} is over the limit of {limits.max_pixels} pixels "
+                f"or {limits.max_side} a side (--max-pixels raises it)"
+            )
+        try:
             img.load()
+        except OSError as exc:
+            if not (limits.allow_truncated and "truncated" in str(exc)):
+                raise
+            img = _load_truncated(data)
+            notes.append(f"{name}: truncated file; the missing part is filled in (--allow-truncated)")
     except Image.UnidentifiedImageError:
         raise ImageError(f"{name}: not a recognised image (allowed: {', '.join(IMAGE_FORMATS)})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name}: refused, too many pixels: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise ImageError(f"{name}: cannot decode image: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
+        hint = "; --allow-truncated accepts it" if "truncated" in str(exc) else ""
+        raise ImageError(f"{name}: cannot decode image: {exc}{hint}") from None
     fmt = img.format
-    notes = []
     if getattr(img, "n_frames", 1) > 1:
         notes.append(f"{name}: has {img.n_frames} frames; using the first")
     icc = img.info.get("icc_profile")
@@ -142,6 +205,18 @@ def _read_image(name: str, data: bytes) -> Raster:
     exif.pop(0x0112, None)  # orientation is now applied
     raster = from_pil(img, name)
     return replace(raster, format=fmt, icc_profile=icc, exif=exif.tobytes() if len(exif) else None, notes=notes)
+
+
+def _load_truncated(data: bytes) -> Image.Image:
+    """Decode a cut-off file as far as it goes (Pillow's switch is process-wide: held briefly)."""
+    with _truncated_lock:
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            img.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+    return img
 
 
 def from_pil(img: Image.Image, name: str = "image") -> Raster:
@@ -180,9 +255,14 @@ def from_pil(img: Image.Image, name: str = "image") -> Raster:
 # --------------------------------------------------------------------------- writing
 
 
-def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output") -> bytes:
-    """Encode a Raster whose pixels are already mapped to its bit depth (or raw for arrays)."""
+def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output", background=None) -> bytes:
+    """Encode a Raster whose pixels are already mapped to its bit depth (or raw for arrays).
+    ``background`` (an RGB tuple) flattens transparency for formats without alpha."""
     buf = io.BytesIO()
+    if raster.pixels.dtype.kind == "f" and not np.isfinite(raster.pixels).all():
+        raise ImageError(f"{name}: the result holds NaN or infinite values (an overflow?); nothing written")
+    if raster.alpha is not None and fmt == "JPEG" and background is not None:
+        raster = flatten(raster, background)
     if fmt == "NPY":
         arr = raster.pixels[0] if raster.pixels.shape[0] == 1 else raster.pixels
         np.save(buf, arr, allow_pickle=False)
@@ -223,10 +303,23 @@ def to_pil(raster: Raster, fmt: str = "PNG", name: str = "output") -> Image.Imag
     arr = raster.pixels.transpose(1, 2, 0)  # (H, W, C): no copy when the pixels are such a view
     if raster.alpha is not None:
         if fmt == "JPEG":
-            raise UsageError(f"{name}: JPEG cannot store transparency; write .png, .webp or .tif")
+            raise UsageError(f"{name}: JPEG cannot store transparency; pass --background COLOR to flatten it, "
+                             "or write .png, .webp or .tif")
         arr = np.dstack([arr, raster.alpha])
     arr = np.ascontiguousarray(arr, dtype=np.uint8)
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)  # L, LA, RGB or RGBA
+
+
+def flatten(raster: Raster, background) -> Raster:
+    """Composite over an RGB background colour; the result has no alpha."""
+    maxval = raster.maxval or 255.0
+    a = raster.alpha.astype(np.float64) / maxval
+    colour = np.asarray(background, dtype=np.float64)[: raster.pixels.shape[0], None, None] * (maxval / 255.0)
+    if raster.pixels.shape[0] == 1:
+        colour = np.asarray([np.dot(background, (0.299, 0.587, 0.114))])[:, None, None] * (maxval / 255.0)
+    pixels = raster.pixels * a + colour * (1 - a)
+    pixels = np.clip(np.round(pixels), 0, maxval).astype(np.uint8 if maxval == 255 else np.uint16)
+    return replace(raster, pixels=pixels, alpha=None)
 
 
 def _umask() -> int:

@@ -252,20 +252,23 @@ class _StrictComposer(yaml.composer.Composer):
             self.depth -= 1
 
 
-class _StrictLoader(_StrictComposer, yaml.SafeLoader):
+class _PyStrictLoader(_StrictComposer, yaml.SafeLoader):
     """Pure-Python scanner and parser."""
 
 
+_StrictLoader = _PyStrictLoader
 if yaml.__with_libyaml__:
     from yaml._yaml import CParser
 
-    class _StrictLoader(_StrictComposer, CParser, yaml.resolver.Resolver):  # noqa: F811
+    class _CStrictLoader(_StrictComposer, CParser, yaml.resolver.Resolver):
         """libyaml's scanner and parser (about 10x faster), our composer on its events."""
 
         def __init__(self, stream):
             CParser.__init__(self, stream)
             _StrictComposer.__init__(self)
             yaml.resolver.Resolver.__init__(self)
+
+    _StrictLoader = _CStrictLoader
 
 
 _STD_TAGS = {
