@@ -12,7 +12,7 @@ import json
 import os
 import string
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,6 +272,39 @@ def run(jobs, process, *, workers: int = 1, report: Report, stop: threading.Even
         raise fatal[0]
     if stop.is_set():
         raise Interrupted(interrupt_code)
+
+
+class Prefetch:
+    """Decodes the first inputs on one thread while torch is still being imported, so the
+    second core is not idle during start-up; stops once torch is ready or 256 MiB of pixels
+    wait. ``take(path)`` returns the decoded raster (or raises its error), else reads."""
+
+    def __init__(self, jobs, read, loading, budget: int = 256 << 20):
+        self._read, self._futures, self._lock = read, {}, threading.Lock()
+        paths = [j.source.path for j in jobs if not j.error and not all(o.skip for o in j.outputs)]
+
+        def run():
+            used = 0
+            for path in paths:
+                if not loading.is_alive() or used > budget:
+                    return
+                future = Future()
+                with self._lock:
+                    self._futures[path] = future
+                try:
+                    raster = read(path)
+                except KernelcliError as exc:
+                    future.set_exception(exc)
+                else:
+                    used += raster.pixels.nbytes
+                    future.set_result(raster)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def take(self, path):
+        with self._lock:
+            future = self._futures.pop(path, None)
+        return future.result() if future is not None else self._read(path)
 
 
 def process_job(job: Job, *, read, render, write, stop: threading.Event) -> str:

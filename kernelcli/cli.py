@@ -419,42 +419,6 @@ def _check_device(options):
     resolve_device(options.device)
 
 
-class _Prefetch:
-    """Decodes the first inputs on one thread while torch is still being imported, so the
-    second core is not idle during start-up; stops once torch is ready or 256 MiB of pixels
-    wait. ``take(path)`` returns the decoded raster (or raises its error), else reads."""
-
-    def __init__(self, jobs, read, loading, budget: int = 256 << 20):
-        import threading
-        from concurrent.futures import Future
-
-        self._read, self._futures, self._lock = read, {}, threading.Lock()
-        paths = [j.source.path for j in jobs if not j.error and not all(o.skip for o in j.outputs)]
-
-        def run():
-            used = 0
-            for path in paths:
-                if not loading.is_alive() or used > budget:
-                    return
-                future = Future()
-                with self._lock:
-                    self._futures[path] = future
-                try:
-                    raster = read(path)
-                except KernelcliError as exc:
-                    future.set_exception(exc)
-                else:
-                    used += raster.pixels.nbytes
-                    future.set_result(raster)
-
-        threading.Thread(target=run, daemon=True).start()
-
-    def take(self, path):
-        with self._lock:
-            future = self._futures.pop(path, None)
-        return future.result() if future is not None else self._read(path)
-
-
 def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
                  overwrite, skip_existing, report_path, jobs, quiet, verbose):
     import signal
@@ -505,7 +469,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
             warn(note)
         return raster
 
-    prefetch = _Prefetch(jobs_, read_warned, torch_loading)
+    prefetch = batch.Prefetch(jobs_, read_warned, torch_loading)
     _check_device(job.options)
     stop = threading.Event()
     report = batch.Report(total=len(jobs_), on_fail=lambda j, message: error(message))
@@ -953,29 +917,9 @@ def bench(repeat, workdir, samples, only, quality, device, as_json, quiet):
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    from rich.table import Table
+    from .console import print_bench
 
-    from .console import stdout_console
-
-    out = stdout_console()
-    m = data["machine"]
-    out.print(f"{m['cpus']} CPUs · {m['platform']} · Python {m['python']} · torch {m['torch']} · {m['date']} · "
-              f"medians of {repeat} · kernelcli start-up (interpreter + imports) {data['start_up_seconds']:.2f} s")
-    table = Table("workload", "tool", "seconds", "after start-up", "throughput", "peak MB", box=None, header_style="bold")
-    for r in data["rows"]:
-        rate = (f"{r['files_per_second']} files/s" if "files_per_second" in r
-                else f"{r['megapixels_per_second']} MP/s" if "megapixels_per_second" in r else "")
-        table.add_row(r["workload"], r["tool"], f"{r['seconds']:.3f}",
-                      f"{r['after_start_up']:.3f}" if "after_start_up" in r else "", rate,
-                      f"{r['peak_mb']:.0f}" if r["peak_mb"] else "")
-    out.print(table)
-    targets = Table("target", "measured", "limit", "met", "what", box=None, header_style="bold")
-    for t in data["targets"]:
-        targets.add_row(t["target"], f"{t['value']:.2f} {t['unit']}", f"{t['limit']} {t['unit']}",
-                        "yes" if t["met"] else "NO", t["what"])
-    out.print(targets)
-    for name, phases in data["phases"].items():
-        out.print(f"{name} in-process split, one thread: " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
+    print_bench(data, repeat)
 
 
 def entry() -> None:
