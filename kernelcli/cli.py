@@ -151,15 +151,11 @@ def kernels_show(name, kernel_files, as_json, image_path, overwrite):
     info = describe(kernel)
     if image_path:
         from .grid import kernel_picture
-        from .images import write_atomic
 
         fmt = _sheet_output(image_path, None, overwrite)
-        data = _encode_pil(kernel_picture(kernel, cell_px=64), fmt)
+        _emit(image_path, _encode_pil(kernel_picture(kernel, cell_px=64), fmt), overwrite)
         if image_path == "-":
-            sys.stdout.buffer.write(data)
             return
-        write_atomic(image_path, data, overwrite=overwrite)
-        say(f"wrote {image_path}")
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -349,7 +345,7 @@ def _single(source, output, fmt, overwrite, render, suffix=None, limits=None):
     """Read one input (a file or - for stdin), render it to bytes, write one output (a file,
     or - for stdout). Without ``output``, the result goes beside the input as
     ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work."""
-    from .images import extension_for, format_for_path, read, write_atomic
+    from .images import extension_for, format_for_path, read
 
     _route_warnings()
     if source == "-" and sys.stdin.isatty():
@@ -377,13 +373,19 @@ def _single(source, output, fmt, overwrite, render, suffix=None, limits=None):
     for note in raster.notes:
         warn(note)
     out_fmt = out_fmt or (raster.format if raster.format in FORMATS.values() else "PNG")
-    data = render(raster, out_fmt, output)
+    _emit(output, render(raster, out_fmt, output), overwrite)
+
+
+def _emit(output: str, data: bytes, overwrite: bool, detail: str = "") -> None:
+    """Bytes to stdout (``-``) or atomically to a file, reported on stderr."""
+    from .images import write_atomic
+
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
         write_atomic(output, data, overwrite=overwrite)
-        say(f"wrote {output}")
+        say(f"wrote {output}{detail}")
 
 
 def _read_stdin(limit: int = 1 << 30) -> bytes:
@@ -581,7 +583,7 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
     """
     from .filters import apply_each
     from .grid import Cell, arrange, compose, fit, parse_color
-    from .images import read, write_atomic
+    from .images import read
 
     library = load_library(kernel_files)
     # --all: every kernel that works on any image; channel mixers need a given channel count
@@ -614,13 +616,7 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
         rows.append(row)
     sheet = compose(arrange(rows, transpose=transpose, cols=cols), labels=not no_labels,
                     show_kernels=show_kernels, gap=gap, background=colour)
-    data = _encode_pil(sheet, out_fmt)
-    if output == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    else:
-        write_atomic(output, data, overwrite=overwrite)
-        say(f"wrote {output} ({sheet.width}x{sheet.height})")
+    _emit(output, _encode_pil(sheet, out_fmt), overwrite, f" ({sheet.width}x{sheet.height})")
 
 
 def _sheet_output(output, fmt, overwrite, inputs=()) -> str:
