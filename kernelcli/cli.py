@@ -52,7 +52,13 @@ def main():
       kernelcli kernels show sobel-right
       kernelcli apply -k sharpen photo.jpg              # writes photo-sharpen.jpg
       kernelcli apply -k blur -k outline in.png -o out.png
+      kernelcli apply -k blur photos/ -o out/ --recursive
       cat in.png | kernelcli apply -k emboss - -o - > out.png
+      kernelcli grid -k sobel-left -k sobel-right -k sharpen in.jpg -o grid.png
+      kernelcli explain --size 32x32 -s sharpen -s "pool 2"
+
+    Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error,
+    3 some inputs of a batch failed, 130 interrupted (143 on SIGTERM).
     """
 
 

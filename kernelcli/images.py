@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import tempfile
 import threading
 import warnings
@@ -171,6 +172,12 @@ def route_warnings() -> None:
     warnings.showwarning = show
 
 
+# What Pillow raises on damaged or hostile data besides its own errors (found by fuzzing:
+# a malformed TIFF raises TypeError when its frames are counted).
+_DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, KeyError,
+                   struct.error, ZeroDivisionError, OverflowError, RecursionError)
+
+
 def _decode(name: str, data: bytes, limits: Limits) -> Raster:
     notes = []
     Image.MAX_IMAGE_PIXELS = None  # kernelcli checks the header itself, below, with its own limits
@@ -189,22 +196,23 @@ def _decode(name: str, data: bytes, limits: Limits) -> Raster:
                 raise
             img = _load_truncated(data)
             notes.append(f"{name}: truncated file; the missing part is filled in (--allow-truncated)")
+        fmt = img.format
+        if getattr(img, "n_frames", 1) > 1:
+            notes.append(f"{name}: has {img.n_frames} frames; using the first")
+        icc = img.info.get("icc_profile")
+        exif = img.getexif()
+        if exif.get(0x0112, 1) != 1:  # turn upright (only then: exif_transpose copies otherwise)
+            img = ImageOps.exif_transpose(img)
+            exif = img.getexif()
+        exif.pop(0x0112, None)  # orientation is now applied
+        raster = from_pil(img, name)
+        exif_bytes = exif.tobytes() if len(exif) else None
     except Image.UnidentifiedImageError:
         raise ImageError(f"{name}: not a recognised image (allowed: {', '.join(IMAGE_FORMATS)})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
+    except _DECODER_ERRORS as exc:  # truncated, corrupt or hostile data
         hint = "; --allow-truncated accepts it" if "truncated" in str(exc) else ""
-        raise ImageError(f"{name}: cannot decode image: {exc}{hint}") from None
-    fmt = img.format
-    if getattr(img, "n_frames", 1) > 1:
-        notes.append(f"{name}: has {img.n_frames} frames; using the first")
-    icc = img.info.get("icc_profile")
-    exif = img.getexif()
-    if exif.get(0x0112, 1) != 1:  # turn upright (only then: exif_transpose copies otherwise)
-        img = ImageOps.exif_transpose(img)
-        exif = img.getexif()
-    exif.pop(0x0112, None)  # orientation is now applied
-    raster = from_pil(img, name)
-    return replace(raster, format=fmt, icc_profile=icc, exif=exif.tobytes() if len(exif) else None, notes=notes)
+        raise ImageError(f"{name}: cannot decode image: {exc or type(exc).__name__}{hint}") from None
+    return replace(raster, format=fmt, icc_profile=icc, exif=exif_bytes, notes=notes)
 
 
 def _load_truncated(data: bytes) -> Image.Image:

@@ -219,3 +219,25 @@ def test_tiled_equals_untiled_in_every_mode(rng):
             whole = correlate(x, w, geo=geo)
             for tile in (1, 4, 7):
                 np.testing.assert_array_equal(correlate(x, w, geo=geo, tile_rows=tile).numpy(), whole.numpy())
+
+
+# Inputs the fuzzers (tests/fuzz/) found crashing the reader; each must now be a clean error.
+FUZZ_REGRESSIONS = {
+    "tiff-missing-dimensions": "SUkqAAgAAAAJAAABBAABAAAABgAAAAEBBAABAAAABQAAAAIBAwABAAABCAAAAAMBAwABAAAAAQAAAAYBAwABAAAA"
+    "AQAAABEBBAABAAAAegAAABYB/////////////////////////////////wQAAQAAAAUAAAAXAQQAAQAAAB4AAAAcAQMAAQAA"
+    "AAEAAAAAAAAAAQEBAQEBAQEBATABAQEBAQEBAQEBAQEBAQEBAQEA",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUZZ_REGRESSIONS))
+def test_fuzz_regressions(name):
+    import base64
+
+    from kernelcli.errors import ImageError
+    from kernelcli.images import read
+
+    data = base64.b64decode(FUZZ_REGRESSIONS[name])
+    try:
+        read(name, data)
+    except ImageError as exc:
+        assert str(exc).startswith(f"{name}: ")
