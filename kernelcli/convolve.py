@@ -108,6 +108,8 @@ def correlate(
             f"a {kh}x{kw} kernel (dilation {geo.dilation}) does not fit a {h}x{wd} image "
             f"with padding {geo.padding!r}; use more padding or a smaller kernel"
         )
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {METHODS}")
     method = choose_method(weights) if method == "auto" else method
     if tile_rows is None:
         try:

@@ -15,9 +15,6 @@ from dataclasses import dataclass
 from .errors import UsageError
 from .shapes import transposed_size
 
-KINDS = ("conv", "pool", "transpose", "upsample")
-
-
 @dataclass(frozen=True)
 class Step:
     kind: str

@@ -61,10 +61,6 @@ class Raster:
         """(height, width)"""
         return self.pixels.shape[-2], self.pixels.shape[-1]
 
-    @property
-    def is_array(self) -> bool:
-        return self.format in ARRAY_FORMATS
-
 
 def format_for_path(path: str | Path) -> str:
     """The output format implied by a file name (e.g. 'PNG' for x.png, 'NPY' for x.npy)."""
