@@ -65,7 +65,16 @@ def main():
 # --------------------------------------------------------------------------- the kernel library
 
 
+def _set_max_kernel(ctx, param, value):
+    from . import kernels
+
+    kernels.MAX_KERNEL_SIZE = value
+
+
 def kernel_files_option(f):
+    f = click.option("--max-kernel", default=63, show_default=True, type=click.IntRange(1, 1023), metavar="N",
+                     expose_value=False, callback=_set_max_kernel,
+                     help="Largest kernel side accepted from files, the command line and generators.")(f)
     return click.option(
         "--kernels",
         "kernel_files",

@@ -36,7 +36,7 @@ import yaml
 from .errors import KernelFileError, UnknownKernelError
 
 MAP_MODES = ("clip", "abs", "offset", "normalize")
-MAX_KERNEL_SIZE = 63  # per side, for kernels from files and the command line
+MAX_KERNEL_SIZE = 63  # per side, for kernels from files and the command line (--max-kernel)
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 16
 ENTRY_KEYS = ("description", "matrix", "mix", "weight", "combine", "of", "divisor", "scale", "bias", "map",
@@ -186,7 +186,7 @@ def check_matrix(rows: list[list[float]], where: str) -> tuple[tuple[float, ...]
     if len(rows) > MAX_KERNEL_SIZE or width > MAX_KERNEL_SIZE:
         raise KernelFileError(
             f"{where}: the kernel is {len(rows)}x{width}; at most "
-            f"{MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE} is allowed"
+            f"{MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE} is allowed (--max-kernel raises it)"
         )
     return tuple(tuple(row) for row in rows)
 

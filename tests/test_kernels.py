@@ -191,3 +191,21 @@ def test_separable_factors_reconstruct(library):
 def test_load_library_public_api(tmp_path):
     lib = kernelcli.load_library(write(tmp_path, GOOD))
     assert "my-edge" in lib and "sharpen" in lib
+
+
+def test_max_kernel_option_raises_and_lowers_the_cap(tmp_path):
+    from click.testing import CliRunner
+
+    from kernelcli import kernels as kmod
+    from kernelcli.cli import main
+
+    big = ";".join([",".join(["1"] * 65)] * 65)
+    try:
+        refused = CliRunner().invoke(main, ["kernels", "show", big, "--json"])
+        assert refused.exit_code == 2 and "65x65; at most 63x63 is allowed (--max-kernel raises it)" in refused.stderr
+        ok = CliRunner().invoke(main, ["kernels", "show", big, "--json", "--max-kernel", "65"])
+        assert ok.exit_code == 0, ok.stderr
+        small = CliRunner().invoke(main, ["kernels", "show", "gaussian:2", "--max-kernel", "5"])
+        assert small.exit_code == 2 and "over the limit of 5" in small.stderr
+    finally:
+        kmod.MAX_KERNEL_SIZE = 63
