@@ -45,6 +45,25 @@ def loop_correlate(x: np.ndarray, w: np.ndarray, stride=1, dilation=1, pad=0) ->
     return out
 
 
+def run(*args, input=None):
+    """The command line in-process: ``run("apply", "-k", "blur", path)``; stdout and stderr apart."""
+    from click.testing import CliRunner
+
+    from kernelcli.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def gray_image(folder, rng, shape, name):
+    """A random 8-bit gray PNG in ``folder``; returns (path, pixels)."""
+    from PIL import Image
+
+    arr = rng.integers(0, 256, shape).astype(np.uint8)
+    path = folder / name
+    Image.fromarray(arr).save(path)
+    return path, arr
+
+
 def to_8bit(values: np.ndarray) -> np.ndarray:
     return np.clip(np.round(values), 0, 255).astype(np.uint8)
 

@@ -13,17 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from kernelcli.cli import main
 
-from .conftest import scipy_correlate, to_8bit
+from .conftest import run, scipy_correlate, to_8bit
 from .test_kernels import EXPECTED
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=input)
 
 
 def make_image(path: Path, seed: int, size=(9, 11)) -> np.ndarray:

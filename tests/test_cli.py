@@ -10,28 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from kernelcli.cli import main
 
-from .conftest import scipy_correlate, to_8bit
+from .conftest import gray_image, run, scipy_correlate, to_8bit
 from .test_kernels import EXPECTED
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 
 
-def run(*args, input=None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=input)
-
-
 @pytest.fixture
 def gray_png(tmp_path, rng):
-    arr = rng.integers(0, 256, (12, 10)).astype(np.uint8)
-    path = tmp_path / "in.png"
-    Image.fromarray(arr).save(path)
-    return path, arr
+    return gray_image(tmp_path, rng, (12, 10), "in.png")
 
 
 def test_apply_writes_beside_the_input_and_reports_on_stderr(gray_png):

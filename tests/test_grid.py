@@ -9,30 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from kernelcli.cli import main
 from kernelcli.grid import LABEL_FONT_PX, NEGATIVE, POSITIVE
 
-from .conftest import scipy_correlate, to_8bit
+from .conftest import gray_image, run, scipy_correlate, to_8bit
 from .test_kernels import EXPECTED
 
 ROOT = Path(__file__).resolve().parents[1]
 BAND = LABEL_FONT_PX + 8  # label band height
 
 
-def run(*args, input=None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=input)
-
-
 @pytest.fixture
 def small(tmp_path, rng):
     """A 40 (high) x 30 (wide) gray image: smaller than the default cell, so not resized."""
-    arr = rng.integers(0, 256, (40, 30)).astype(np.uint8)
-    path = tmp_path / "small.png"
-    Image.fromarray(arr).save(path)
-    return path, arr
+    return gray_image(tmp_path, rng, (40, 30), "small.png")
 
 
 def sheet(result) -> np.ndarray:

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from kernelcli.cli import main
 
-
-def run(*args, input=None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+from .conftest import run
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

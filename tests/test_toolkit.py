@@ -9,24 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 from scipy import ndimage
 
 import kernelcli
-from kernelcli.cli import main
 from kernelcli.convolve import Geometry, correlate
 from kernelcli.images import Raster
 from kernelcli.kernels import describe
 
-from .conftest import scipy_correlate
+from .conftest import run, scipy_correlate
 from .test_kernels import EXPECTED
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=input)
 
 
 def csv_out(result) -> np.ndarray:
