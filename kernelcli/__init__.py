@@ -81,7 +81,7 @@ def apply(image, *kernels, library: KernelLibrary | None = None, border: str = "
     channels_first = arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]
     if arr.dtype in (np.uint8, np.uint16):
         maxval = 255.0 if arr.dtype == np.uint8 else 65535.0
-        raster = Raster(channels_first.astype(np.float32 if maxval == 255 else np.float64), maxval=maxval)
+        raster = Raster(channels_first, maxval=maxval)  # 8/16-bit as is: the fast engine takes it
         result, _ = apply_kernels(raster, ks, Options(geometry=geo, **options))
         pixels = result.pixels.astype(arr.dtype) if result.maxval else result.pixels
     else:
