@@ -212,7 +212,10 @@ def test_cuda_matches_cpu(library, rng):
         k = library.get(name)
         cpu, _ = apply_kernels(Raster(img), [k], Options(device="cpu"))
         gpu, _ = apply_kernels(Raster(img), [k], Options(device="cuda"))
-        np.testing.assert_array_equal(cpu.pixels, gpu.pixels)
+        # cuDNN may pick Winograd/FFT algorithms: float results agree to ~1e-5, so a value on
+        # an exact .5 (possible for /256) may round the other way. TF32 is off, so no more.
+        diff = np.abs(cpu.pixels.astype(int) - gpu.pixels.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, name
     assert torch.backends.cudnn.allow_tf32 is False
 
 
