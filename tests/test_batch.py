@@ -258,8 +258,9 @@ def test_destination_failure_stops_the_batch(tree, tmp_path, monkeypatch):
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_mid_batch_keeps_finished_outputs_and_leaves_no_temp_files(tmp_path, signum, code):
     src = tmp_path / "in"
-    for i in range(40):
-        make_image(src / f"{i:02}.png", i, size=(200, 200))
+    count = 150  # about 2 s of work: the signal always arrives with files left to do
+    for i in range(count):
+        make_image(src / f"{i:03}.png", i, size=(200, 200))
     out = tmp_path / "out"
     big = ";".join([",".join(["1"] * 41)] * 41)  # a slow 41x41 box, so the batch takes a while
     proc = subprocess.Popen(
@@ -274,7 +275,7 @@ def test_signal_mid_batch_keeps_finished_outputs_and_leaves_no_temp_files(tmp_pa
     assert proc.returncode == code, err
     assert "(interrupted)" in err and "Traceback" not in err
     done = sorted(out.iterdir())
-    assert 0 < len(done) < 40
+    assert 0 < len(done) < count
     assert all(p.suffix == ".png" and not p.name.startswith(".") for p in done)
     for p in done:
         with Image.open(p) as im:
@@ -284,4 +285,4 @@ def test_signal_mid_batch_keeps_finished_outputs_and_leaves_no_temp_files(tmp_pa
         [sys.executable, "-m", "kernelcli", "apply", "-k", "blur", str(src), "-o", str(out), "--skip-existing", "-q"],
         capture_output=True, text=True,
     )
-    assert rerun.returncode == 0 and len(list(out.iterdir())) == 40
+    assert rerun.returncode == 0 and len(list(out.iterdir())) == count
