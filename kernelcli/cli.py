@@ -360,35 +360,51 @@ def _single(source, output, fmt, overwrite, render, suffix=None, limits=None):
     """Read one input (a file or - for stdin), render it to bytes, write one output (a file,
     or - for stdout). Without ``output``, the result goes beside the input as
     ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work."""
-    from .images import extension_for, format_for_path, read
+    from .images import extension_for, read
 
     _route_warnings()
-    if source == "-" and sys.stdin.isatty():
-        raise UsageError("no input: stdin is a terminal; pipe an image in or name a file")
-    if source != "-" and not os.path.isfile(source):
-        raise UsageError(f"{source}: {'is a directory' if os.path.isdir(source) else 'no such file'}")
+    _check_input(source)
     if output is None:
         if source == "-":
             output = "-"
         else:
             stem, ext = os.path.splitext(source)
             output = f"{stem}-{suffix}{extension_for(FORMATS[fmt]) if fmt else ext}"
-    if output == "-" and sys.stdout.isatty():
-        raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
-    out_fmt = FORMATS[fmt] if fmt else None
-    if output != "-":
-        out_fmt = _check_format(format_for_path(output), fmt, output)
-        if os.path.exists(output):
-            if source != "-" and os.path.samefile(source, output):
-                raise UsageError(f"{output}: is the input; refusing to overwrite it")
-            if not overwrite:
-                raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
+    out_fmt = _check_output(output, fmt, overwrite, [source])
     limits = limits or _limits()
     raster = read(source, _read_stdin(limits.max_bytes) if source == "-" else None, limits)
     for note in raster.notes:
         warn(note)
     out_fmt = out_fmt or (raster.format if raster.format in FORMATS.values() else "PNG")
     _emit(output, render(raster, out_fmt, output), overwrite)
+
+
+def _check_input(path: str) -> None:
+    """One input file, or - for stdin (refused when it is a terminal)."""
+    if path == "-":
+        if sys.stdin.isatty():
+            raise UsageError("no input: stdin is a terminal; pipe an image in or name a file")
+    elif not os.path.isfile(path):
+        raise UsageError(f"{path}: {'is a directory' if os.path.isdir(path) else 'no such file'}")
+
+
+def _check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
+    """Refuse, before any work, a terminal as stdout, an output that is one of ``inputs``,
+    and an existing file without ``overwrite``. Returns the output's format (None for
+    stdout without --format: the caller picks)."""
+    from .images import format_for_path
+
+    if output == "-":
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
+        return FORMATS[fmt] if fmt else None
+    out_fmt = _check_format(format_for_path(output), fmt, output)
+    if os.path.exists(output):
+        if any(p != "-" and os.path.exists(p) and os.path.samefile(p, output) for p in inputs):
+            raise UsageError(f"{output}: is an input; refusing to overwrite it")
+        if not overwrite:
+            raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
+    return out_fmt
 
 
 def _emit(output: str, data: bytes, overwrite: bool, detail: str = "") -> None:
@@ -619,11 +635,11 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
 
     resolve_device(options.device)
 
+    for path in inputs:
+        _check_input(path)
+    limits = _limits(max_pixels, allow_truncated)
     rows = []
     for path in inputs:
-        if path != "-" and not os.path.isfile(path):
-            raise UsageError(f"{path}: {'is a directory' if os.path.isdir(path) else 'no such file'}")
-        limits = _limits(max_pixels, allow_truncated)
         raster = fit(read(path, _read_stdin(limits.max_bytes) if path == "-" else None, limits), long_side)
         row = [Cell(Path(path).name if path != "-" else "stdin", raster)]
         for k, (result, _) in zip(kernels_, apply_each(raster, kernels_, options)):
@@ -636,20 +652,11 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
 
 def _sheet_output(output, fmt, overwrite, inputs=()) -> str:
     """Check where a picture goes before any work; return its Pillow format name."""
-    from .images import IMAGE_FORMATS, format_for_path
+    from .images import IMAGE_FORMATS
 
-    if output == "-":
-        if sys.stdout.isatty():
-            raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
-        return FORMATS[fmt] if fmt else "PNG"
-    out_fmt = _check_format(format_for_path(output), fmt, output)
+    out_fmt = _check_output(output, fmt, overwrite, inputs) or "PNG"
     if out_fmt not in IMAGE_FORMATS:
         raise UsageError(f"{output}: a picture needs an image format such as .png")
-    if os.path.exists(output):
-        if any(p != "-" and os.path.exists(p) and os.path.samefile(p, output) for p in inputs):
-            raise UsageError(f"{output}: is an input; refusing to overwrite it")
-        if not overwrite:
-            raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
     return out_fmt
 
 
