@@ -91,21 +91,17 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
         row_outside = (np.arange(-top, h + bottom) < 0) | (np.arange(-top, h + bottom) >= h)
 
     factors = banded(kernel)
-    ints = None if factors else integer_form(kernel, scale)
-    weights = kernel.weights * scale
+    float_type = torch.float32 if maxval <= 255 else torch.float64
+    # Integer taps (exact) unless the kernel is large and separable, has fractional weights,
+    # or a fractional constant border would enter the sums.
+    ints = None if factors or not float(geo.border_value).is_integer() else integer_form(kernel, scale)
     if ints is not None:
         taps, divisor = ints
-        reach = maxval * np.abs(taps).sum() + (abs(geo.border_value) * np.abs(taps).sum() if constant else 0)
+        reach = (maxval + (abs(geo.border_value) if constant else 0)) * np.abs(taps).sum()
         acc_type = torch.int16 if reach < 2**15 else torch.int32 if reach < 2**31 else torch.float64
-        exact_border = float(geo.border_value).is_integer()
     else:
-        taps, divisor = weights, 1
-        acc_type = torch.float32 if maxval <= 255 else torch.float64
-        exact_border = True
-    if not exact_border:  # a fractional constant border: compute in float
-        taps, divisor = weights, 1
-        acc_type = torch.float32 if maxval <= 255 else torch.float64
-    float_type = torch.float32 if maxval <= 255 else torch.float64
+        taps, divisor = kernel.weights * scale, 1
+        acc_type = float_type
     tap_list = [(a, b, taps[a, b].item()) for a in range(kh) for b in range(kw) if taps[a, b] != 0]
     offset = bias * maxval + ((maxval + 1) / 2 if mode == "offset" else 0.0)
     strip = max(1, STRIP_BYTES // max(1, w * c * hwc.itemsize))

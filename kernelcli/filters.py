@@ -39,6 +39,11 @@ class _Work:
     maxval: float
 
 
+def _see_through(raster: Raster) -> bool:
+    """Some pixel is not fully opaque: colour must be filtered premultiplied."""
+    return raster.alpha is not None and bool((raster.alpha < (raster.maxval or 255.0)).any())
+
+
 def _load(raster: Raster, options: Options) -> _Work:
     device = resolve_device(options.device)
     wide = raster.pixels.dtype == np.float64 or (raster.maxval or 0) > 255
@@ -51,7 +56,7 @@ def _load(raster: Raster, options: Options) -> _Work:
     if raster.alpha is not None:
         alpha = as_tensor(raster.alpha).to(device, dtype)[None, None] / maxval
     # Fully opaque: filter like plain colour (exactly), but still carry alpha to the output.
-    return _Work(x, alpha, alpha is not None and bool((alpha < 1).any()), maxval)
+    return _Work(x, alpha, _see_through(raster), maxval)
 
 
 def _finish(y: torch.Tensor, kernel: Kernel, options: Options, maxval: float) -> tuple[torch.Tensor, Stats]:
@@ -60,8 +65,7 @@ def _finish(y: torch.Tensor, kernel: Kernel, options: Options, maxval: float) ->
         raise ImageError(f"kernel {kernel.name!r} gave NaN or infinite values (an overflow?); nothing written")
     if options.raw:
         return y, Stats(float(y.min()), float(y.max()), 0.0)
-    bias = kernel.bias if options.bias is None else options.bias
-    return map_values(y, options.map or kernel.map or "clip", maxval, scale=options.scale, bias=bias)
+    return map_values(y, options.map_for(kernel), maxval, scale=options.scale, bias=options.bias_for(kernel))
 
 
 def _raster(y: torch.Tensor, alpha: torch.Tensor | None, options: Options, maxval: float, like: Raster) -> Raster:
@@ -99,18 +103,18 @@ def _fast(raster: Raster, kernels: list[Kernel], options: Options):
     maxval = raster.maxval
     c = raster.pixels.shape[0]
     if (options.raw or raster.pixels.dtype not in (np.uint8, np.uint16) or (options.color != "channels" and c != 1)
-            or (raster.alpha is not None and (raster.alpha < maxval).any())
+            or _see_through(raster)
             or resolve_device(options.device).type != "cpu"):
         return None
     steps = [(kernel.flipped() if options.convolve else kernel, kernel) for kernel in kernels]
-    modes = [options.map or kernel.map or "clip" for kernel in kernels]
+    modes = [options.map_for(kernel) for kernel in kernels]
     if not all(fast.eligible(k, options.geometry, m, maxval, c) for (k, _), m in zip(steps, modes)):
         return None
     hwc = np.ascontiguousarray(raster.pixels.transpose(1, 2, 0))
     stats = []
     for (k, kernel), mode in zip(steps, modes):
-        bias = kernel.bias if options.bias is None else options.bias
-        hwc, st = fast.filter_strips(hwc, k, options.geometry, mode, maxval, options.scale, bias, options.stats)
+        hwc, st = fast.filter_strips(hwc, k, options.geometry, mode, maxval, options.scale, options.bias_for(kernel),
+                                     options.stats)
         stats.append(st)
     result = Raster(hwc.transpose(2, 0, 1), raster.alpha, maxval, raster.format, raster.icc_profile, raster.exif)
     return result, stats
@@ -121,11 +125,11 @@ def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options
     k. Computed as one convolution with a kernel per output channel (2–5x faster than one by
     one on the CPU) unless transparency or ``luma`` colour need the kernel-by-kernel path."""
     ks = [k.flipped() if options.convolve else k for k in kernels]
-    work = _load(raster, options)
     same_frame = options.geometry.padding == "same" or len({(k.shape, k.anchor) for k in ks}) == 1
     plain = all(k.kind == "plain" for k in ks)
-    if len(ks) < 2 or work.see_through or options.color == "luma" or not same_frame or not plain:
+    if len(ks) < 2 or _see_through(raster) or options.color == "luma" or not same_frame or not plain:
         return [(r, st[0]) for r, st in (apply_kernels(raster, [k], options) for k in kernels)]
+    work = _load(raster, options)
     bank = correlate_bank(work.x, [(_taps(k), k.anchor) for k in ks], options.geometry)
     results = []
     for i, (kernel, k) in enumerate(zip(kernels, ks)):

@@ -106,3 +106,11 @@ class Options:
             raise UsageError(f"unknown color mode {self.color!r}; choose one of {', '.join(COLOR_MODES)}")
         if self.map is not None:
             check_mode(self.map)
+
+    def map_for(self, kernel) -> str:
+        """The value mapping of one step: --map, else the kernel's own, else clip."""
+        return self.map or kernel.map or "clip"
+
+    def bias_for(self, kernel) -> float:
+        """The bias of one step: --bias, else the kernel's own."""
+        return kernel.bias if self.bias is None else self.bias
