@@ -18,7 +18,8 @@ from .errors import (
     UnknownKernelError,
     UsageError,
 )
-from .kernels import Kernel, KernelLibrary, parse_inline
+from .kernel import Kernel
+from .kernels import KernelLibrary, parse_inline
 
 __version__ = "0.1.0"
 

@@ -66,9 +66,9 @@ def main():
 
 
 def _set_max_kernel(ctx, param, value):
-    from . import kernels
+    from . import kernel
 
-    kernels.MAX_KERNEL_SIZE = value
+    kernel.MAX_KERNEL_SIZE = value
 
 
 def kernel_files_option(f):
@@ -122,7 +122,7 @@ def kernels_list(kernel_files, as_json):
       gaussian:SIGMA[,SIZE]  box:N  motion:LENGTH,ANGLE  log:SIGMA[,SIZE]
       dog:SIGMA1,SIGMA2[,SIZE]  unsharp:SIGMA,AMOUNT[,SIZE]  NAME@ANGLE (turned)
     """
-    from .kernels import describe
+    from .analysis import describe
 
     lib = load_library(kernel_files)
     if as_json:
@@ -160,7 +160,7 @@ def kernels_show(name, kernel_files, as_json, image_path, overwrite):
     NAME is a kernel name or an inline matrix such as "1 2 1; 2 4 2; 1 2 1".
     With --image, draw it: a square per weight, red above zero, blue below, value inside.
     """
-    from .kernels import describe
+    from .analysis import describe
 
     kernel = load_library(kernel_files).resolve(name)
     info = describe(kernel)
@@ -846,7 +846,7 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
 
 
 def _check_save(library, name, overwrite):
-    from .kernels import NAME_RE
+    from .kernel import NAME_RE
 
     if not NAME_RE.match(name):
         raise UsageError(f"--save {name!r}: use lowercase words joined by hyphens, e.g. my-edge")

@@ -59,7 +59,7 @@ def render_matrix(weights) -> "object":
 
 def print_kernel(info: dict) -> None:
     """``kernels show`` on stdout: the weights coloured by sign and what can be said of them."""
-    from .kernels import FREQUENCY_WORDS
+    from .analysis import FREQUENCY_WORDS
 
     out = stdout_console()
     out.print(f"[bold]{info['name']}[/]  {info['size'][0]}x{info['size'][1]}  {info['description']}")

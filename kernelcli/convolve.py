@@ -72,7 +72,7 @@ def choose_method(weights) -> str:
     """Pick the algorithm by kernel size and rank (measured on a 2-core CPU: for 9x9 and up,
     two 1-D passes beat conv2d; FFT beats both for large non-separable kernels). Small
     kernels stay direct, which is exact for integer weights on 8-bit data."""
-    from .kernels import separable_factors
+    from .analysis import separable_factors
 
     kh, kw = np.shape(weights)
     if kh * kw <= DIRECT_MAX_TAPS:
@@ -136,7 +136,7 @@ def _valid(padded: torch.Tensor, weights: np.ndarray, geo: Geometry, method: str
     flat = padded.reshape(-1, 1, *padded.shape[-2:])
     s, d = geo.stride, geo.dilation
     if method == "separable":
-        from .kernels import separable_factors
+        from .analysis import separable_factors
 
         column, row = separable_factors(weights)
         col_w = torch.as_tensor(column, dtype=flat.dtype, device=flat.device).view(1, 1, kh, 1)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .convolve import Geometry, as_tensor, border_index, pad_amounts
-from .kernels import Kernel
+from .kernel import Kernel
 from .mapping import Stats
 
 STRIP_BYTES = 1 << 20  # about 1 MiB of pixels per strip: stays in L2 cache
@@ -35,7 +35,7 @@ def banded(kernel: Kernel) -> tuple[np.ndarray, np.ndarray] | None:
     """The 1-D factors of a large separable kernel, which runs as two banded matrix products
     (vertical, then horizontal) instead of kh·kw shifted adds; None for other kernels."""
     from .convolve import choose_method
-    from .kernels import separable_factors
+    from .analysis import separable_factors
 
     if kernel.kind != "plain" or choose_method(kernel.weights) != "separable":
         return None

@@ -22,7 +22,7 @@ from .convolve import (
 )
 from .errors import ImageError, UsageError
 from .images import Raster
-from .kernels import Kernel
+from .kernel import Kernel
 from .mapping import Stats, map_values
 from .options import Options
 

@@ -12,8 +12,8 @@ import re
 from dataclasses import replace
 
 from .errors import KernelFileError
-from . import kernels as _kernels
-from .kernels import Kernel, check_matrix, parse_number
+from . import kernel as _kernel
+from .kernel import Kernel, check_matrix, parse_number
 
 GENERATORS = {
     "gaussian": "gaussian:SIGMA[,SIZE] — Gaussian blur, sum 1",
@@ -45,8 +45,8 @@ def _size(spec: str, sigma: float, given: list[float]) -> int:
     size = int(given[0]) if given else 2 * math.ceil(3 * sigma) + 1
     if given and (given[0] != size or size < 1 or size % 2 == 0):
         raise KernelFileError(f"kernel {spec!r}: size must be an odd whole number")
-    if size > _kernels.MAX_KERNEL_SIZE:
-        raise KernelFileError(f"kernel {spec!r}: size {size} is over the limit of {_kernels.MAX_KERNEL_SIZE}")
+    if size > _kernel.MAX_KERNEL_SIZE:
+        raise KernelFileError(f"kernel {spec!r}: size {size} is over the limit of {_kernel.MAX_KERNEL_SIZE}")
     return size
 
 
@@ -84,8 +84,8 @@ def generate(spec: str) -> Kernel:
         what = f"Gaussian blur, sigma {sigma:g}"
     elif name == "box":
         (n,) = _args(spec, (1,))
-        if n != int(n) or not 1 <= n <= _kernels.MAX_KERNEL_SIZE:
-            raise KernelFileError(f"kernel {spec!r}: N must be a whole number from 1 to {_kernels.MAX_KERNEL_SIZE}")
+        if n != int(n) or not 1 <= n <= _kernel.MAX_KERNEL_SIZE:
+            raise KernelFileError(f"kernel {spec!r}: N must be a whole number from 1 to {_kernel.MAX_KERNEL_SIZE}")
         w = np.ones((int(n), int(n))) / n**2
         what = f"{int(n)}x{int(n)} mean"
     elif name == "motion":
@@ -125,8 +125,8 @@ def motion(spec: str, length: float, angle: float):
     if length < 1:
         raise KernelFileError(f"kernel {spec!r}: length must be at least 1")
     size = int(math.ceil(length)) | 1  # odd
-    if size > _kernels.MAX_KERNEL_SIZE:
-        raise KernelFileError(f"kernel {spec!r}: length {length:g} is over the limit of {_kernels.MAX_KERNEL_SIZE}")
+    if size > _kernel.MAX_KERNEL_SIZE:
+        raise KernelFileError(f"kernel {spec!r}: length {length:g} is over the limit of {_kernel.MAX_KERNEL_SIZE}")
     w = np.zeros((size, size))
     c = (size - 1) / 2
     theta = math.radians(angle)

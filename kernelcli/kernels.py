@@ -1,4 +1,7 @@
-"""Kernels as data: the value type, the strict YAML library loader, inline specs.
+"""Kernel files and the kernel library: the strict YAML loader and saver, inline specs,
+and :class:`KernelLibrary` (names, aliases, overrides, rotations and generators).
+The value type and number parsing are in :mod:`kernelcli.kernel`, facts about a kernel in
+:mod:`kernelcli.analysis`.
 
 A kernel file looks like this::
 
@@ -25,170 +28,30 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import math
 import re
-from dataclasses import dataclass, field, replace
-from fractions import Fraction
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
 from .errors import KernelFileError, UnknownKernelError
+from .kernel import MAP_MODES, NAME_RE, Kernel, check_matrix, parse_number
 
-MAP_MODES = ("clip", "abs", "offset", "normalize")
-MAX_KERNEL_SIZE = 63  # per side, for kernels from files and the command line (--max-kernel)
+# Re-exported so that ``from kernelcli.kernels import ...`` keeps working while callers move to
+# kernelcli.kernel (the value type, numbers) and kernelcli.analysis (facts about a kernel).
+from .analysis import FREQUENCY_WORDS, describe, frequency, separable_factors, symmetry  # noqa: F401
+from .kernel import MAX_KERNEL_SIZE  # noqa: F401
+
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 16
 ENTRY_KEYS = ("description", "matrix", "mix", "weight", "combine", "of", "divisor", "scale", "bias", "map",
               "origin", "aliases")
 COMBINE_MODES = ("magnitude", "max", "sum")
 SHAPE_KEYS = ("matrix", "mix", "weight", "combine")  # exactly one says what the kernel is
-NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
-
-_NUMBER_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
-_FRACTION_RE = re.compile(r"^[+-]?\d+/\d+$")
-_BOOL_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false"}
-_NULL_WORDS = {"", "~", "null"}
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """A named kernel. Three kinds:
-
-    - plain: one 2-D ``matrix`` applied to every channel (``weights`` is what is applied);
-    - combined: ``combine`` (magnitude, max or sum) of the responses to ``parts``;
-    - multi-channel: ``full``, a C_out×C_in×kh×kw weight mixing channels (``mix`` is 1x1).
-    """
-
-    name: str
-    matrix: tuple[tuple[float, ...], ...] = ()
-    description: str = ""
-    divisor: float = 1.0
-    scale: float = 1.0
-    bias: float = 0.0
-    map: str | None = None
-    origin: tuple[int, int] | None = None
-    aliases: tuple[str, ...] = ()
-    source: str = ""
-    overrides: str | None = field(default=None, compare=False)
-    combine: str | None = None
-    parts: tuple["Kernel", ...] = ()
-    part_names: tuple[str, ...] = field(default=(), compare=False)  # as written, resolved by the library
-    full: tuple | None = None  # nested C_out x C_in x kh x kw
-
-    @property
-    def kind(self) -> str:
-        return "combined" if self.combine else "multi-channel" if self.full is not None else "plain"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        if self.combine:
-            return self.parts[0].shape if self.parts else (1, 1)
-        if self.full is not None:
-            return len(self.full[0][0]), len(self.full[0][0][0])
-        return len(self.matrix), len(self.matrix[0])
-
-    @property
-    def weights(self):
-        """Effective float64 weights, shape (kh, kw): ``matrix * scale / divisor`` (plain kernels)."""
-        import numpy as np
-
-        if self.kind != "plain":
-            raise KernelFileError(f"kernel {self.name!r} is {self.kind}: it has no single weight matrix")
-        return np.array(self.matrix, dtype=np.float64) * (self.scale / self.divisor)
-
-    @property
-    def full_weights(self):
-        """Multi-channel weight (C_out, C_in, kh, kw) as float64, after scale/divisor."""
-        import numpy as np
-
-        return np.array(self.full, dtype=np.float64) * (self.scale / self.divisor)
-
-    @property
-    def anchor(self) -> tuple[int, int]:
-        """(row, col) of the weight that lands on the output pixel; centre, or up-left of it."""
-        if self.origin is not None:
-            return self.origin
-        if self.combine and self.parts:
-            return self.parts[0].anchor
-        kh, kw = self.shape
-        return (kh - 1) // 2, (kw - 1) // 2
-
-    def flipped(self) -> "Kernel":
-        """The kernel rotated by 180 degrees: correlation with it is true convolution."""
-        kh, kw = self.shape
-        ar, ac = self.anchor
-        full = self.full
-        if full is not None:
-            full = tuple(tuple(tuple(tuple(reversed(r)) for r in reversed(m)) for m in row) for row in full)
-        return replace(
-            self,
-            matrix=tuple(tuple(reversed(row)) for row in reversed(self.matrix)),
-            origin=(kh - 1 - ar, kw - 1 - ac),
-            parts=tuple(p.flipped() for p in self.parts),
-            full=full,
-        )
-
-
-# --------------------------------------------------------------------------- numbers
-
-
-def parse_number(text: str, where: str) -> float:
-    """Parse one weight written as text: ``3``, ``-0.25``, ``1e-3``, ``1/16``.
-
-    ``where`` names the place for the error message (file, kernel, row, column).
-    """
-    t = text.strip()
-    low = t.lower()
-    if low in _NULL_WORDS:
-        raise KernelFileError(f"{where}: empty value; write a number such as 0")
-    if low in _BOOL_WORDS:
-        raise KernelFileError(f"{where}: {t!r} is a boolean in YAML, not a number; write 1 or 0")
-    if re.match(r"^[+-]?\.?(nan|inf|infinity)$", low):
-        raise KernelFileError(f"{where}: {t!r} is not a finite number")
-    if re.match(r"^[+-]?\d+(:[0-5]?\d)+$", t):
-        raise KernelFileError(
-            f"{where}: {t!r} is a base-60 number in YAML 1.1; write the plain number you mean"
-        )
-    if re.match(r"^[+-]?0\d+$", t) or re.match(r"^[+-]?0[xob]", low):
-        raise KernelFileError(
-            f"{where}: {t!r} is ambiguous (YAML 1.1 reads a leading 0 as octal); "
-            "write it without leading zeros"
-        )
-    if _NUMBER_RE.match(t):
-        value = float(t)
-    elif _FRACTION_RE.match(t):
-        num, den = t.split("/")
-        if int(den) == 0:
-            raise KernelFileError(f"{where}: {t!r} divides by zero")
-        value = float(Fraction(int(num), int(den)))
-    else:
-        raise KernelFileError(f"{where}: {t!r} is not a number")
-    if not math.isfinite(value):
-        raise KernelFileError(f"{where}: {t!r} is not a finite number")
-    return value
 
 
 def _split_row(text: str) -> list[str]:
     return [tok for tok in re.split(r"[,\s]+", text.strip()) if tok]
-
-
-def check_matrix(rows: list[list[float]], where: str) -> tuple[tuple[float, ...], ...]:
-    """Validate shape and size; return the matrix as a tuple of tuples."""
-    if not rows or not rows[0]:
-        raise KernelFileError(f"{where}: the kernel is empty")
-    width = len(rows[0])
-    for i, row in enumerate(rows, 1):
-        if len(row) != width:
-            raise KernelFileError(
-                f"{where}: row {i} has {len(row)} values but row 1 has {width} (rows must be equal)"
-            )
-    if len(rows) > MAX_KERNEL_SIZE or width > MAX_KERNEL_SIZE:
-        raise KernelFileError(
-            f"{where}: the kernel is {len(rows)}x{width}; at most "
-            f"{MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE} is allowed (--max-kernel raises it)"
-        )
-    return tuple(tuple(row) for row in rows)
 
 
 # --------------------------------------------------------------------------- inline specs
@@ -655,128 +518,3 @@ class KernelLibrary:
             return generate(spec)
         return parse_inline(spec) if is_inline_spec(spec) else self.get(spec)
 
-
-# --------------------------------------------------------------------------- facts about a kernel
-
-
-def separable_factors(weights):
-    """(column, row) 1-D factors with ``outer(column, row) == weights``, or None if rank > 1."""
-    import numpy as np
-
-    w = np.asarray(weights, dtype=np.float64)
-    if not w.any():
-        return None
-    s = np.linalg.svd(w, compute_uv=False)
-    if len(s) > 1 and s[1] > 1e-9 * s[0]:
-        return None
-    i, j = np.unravel_index(np.argmax(np.abs(w)), w.shape)
-    column, row = w[:, j], w[i, :] / w[i, j]
-    sign = 1.0 if column[np.argmax(np.abs(column))] > 0 else -1.0  # prefer [1 2 1] to [-1 -2 -1]
-    return column * sign + 0.0, row * sign + 0.0
-
-
-def symmetry(weights) -> list[str]:
-    """Names of the symmetries of a 2-D kernel (mirror, odd, rotations)."""
-    import numpy as np
-
-    w = np.asarray(weights, dtype=np.float64)
-    tol = 1e-12 * max(1.0, float(np.abs(w).max()))
-    same = lambda a, b: a.shape == b.shape and np.allclose(a, b, atol=tol, rtol=0)  # noqa: E731
-    found = []
-    for flip, axis in ((np.fliplr, "left-right"), (np.flipud, "top-bottom")):
-        if same(w, flip(w)):
-            found.append(f"mirror {axis}")
-        elif same(w, -flip(w)):
-            found.append(f"odd {axis} (mirror flips the sign)")
-    if same(w, np.rot90(w)):
-        found.append("unchanged by 90-degree turns")
-    elif same(w, np.rot90(w, 2)):
-        found.append("unchanged by a half turn")
-    elif same(w, -np.rot90(w, 2)):
-        found.append("a half turn flips the sign")
-    if same(w, w.T) and "unchanged by 90-degree turns" not in found:
-        found.append("mirror on the diagonal")
-    return found
-
-
-def frequency(weights, n: int = 64) -> dict:
-    """Summary of |DFT| of the kernel: gain at DC, peak gain and where, and a class:
-    all-pass, low-pass, high-pass, band-pass, high-boost (sharpens) or mixed."""
-    import numpy as np
-
-    w = np.asarray(weights, dtype=np.float64)
-    n = max(n, *w.shape)
-    gain = np.abs(np.fft.fft2(w, (n, n)))
-    f = np.fft.fftfreq(n)
-    radius = np.hypot(f[:, None], f[None, :])
-    dc, peak, low = gain[0, 0], gain.max(), gain.min()
-    nyquist = max(gain[n // 2, n // 2], gain[0, n // 2], gain[n // 2, 0])
-    if peak - low <= 1e-9 * max(peak, 1e-300):
-        kind = "all-pass"
-    elif dc >= peak * (1 - 1e-9) and nyquist <= 0.5 * dc:
-        kind = "low-pass"
-    elif dc <= 1e-9 * peak:
-        kind = "high-pass" if nyquist >= 0.5 * peak else "band-pass"
-    elif nyquist > dc:
-        kind = "high-boost"
-    else:
-        kind = "mixed"
-    at = np.unravel_index(np.argmax(gain), gain.shape)
-    return {"class": kind, "dc_gain": float(dc), "peak_gain": float(peak),
-            "peak_cycles_per_pixel": round(float(radius[at]), 4), "nyquist_gain": float(nyquist)}
-
-
-FREQUENCY_WORDS = {
-    "all-pass": "passes every frequency alike",
-    "low-pass": "keeps smooth areas, removes fine detail (blurs)",
-    "high-pass": "removes flat areas, keeps the finest detail (edges, noise)",
-    "band-pass": "removes flat areas and the finest noise, keeps edges of a middle scale",
-    "high-boost": "keeps flat areas and amplifies fine detail (sharpens)",
-    "mixed": "changes frequencies unevenly",
-}
-
-
-def describe(kernel: Kernel) -> dict:
-    """A JSON-ready summary: the effective float weights and what can be said of them."""
-    info = {
-        "name": kernel.name,
-        "description": kernel.description,
-        "kind": kernel.kind,
-        "size": list(kernel.shape),
-        "map": kernel.map or "clip",
-        "anchor": list(kernel.anchor),
-        "divisor": kernel.divisor,
-        "scale": kernel.scale,
-        "bias": kernel.bias,
-        "aliases": list(kernel.aliases),
-        "source": kernel.source,
-        "overrides": kernel.overrides,
-    }
-    if kernel.kind == "plain":
-        w = kernel.weights
-        factors = separable_factors(w)
-        info.update({
-            "matrix": w.tolist(),
-            "written": [list(r) for r in kernel.matrix],
-            "sum": float(w.sum()),
-            "separable": factors is not None,
-            "factors": None if factors is None else {"column": factors[0].tolist(), "row": factors[1].tolist()},
-            "symmetry": symmetry(w),
-            "frequency": frequency(w),
-            "parameters": int(w.size),
-        })
-    elif kernel.kind == "combined":
-        info.update({
-            "combine": kernel.combine,
-            "parts": [{"name": p.name, "matrix": p.weights.tolist()} for p in kernel.parts],
-            "parameters": sum(int(p.weights.size) for p in kernel.parts),
-        })
-    else:
-        full = kernel.full_weights
-        info.update({
-            "weight": full.tolist(),
-            "channels_out": full.shape[0],
-            "channels_in": full.shape[1],
-            "parameters": int(full.size),
-        })
-    return info

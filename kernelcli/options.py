@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .kernels import MAP_MODES
+from .kernel import MAP_MODES
 
 BORDERS = ("replicate", "reflect", "symmetric", "circular", "zeros", "constant")
 COLOR_MODES = ("channels", "gray", "luma", "sum")

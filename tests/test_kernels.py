@@ -10,7 +10,8 @@ import pytest
 
 import kernelcli
 from kernelcli.errors import KernelFileError, UnknownKernelError
-from kernelcli.kernels import KernelLibrary, load_file, parse_inline, separable_factors, shipped_path
+from kernelcli.analysis import separable_factors
+from kernelcli.kernels import KernelLibrary, load_file, parse_inline, shipped_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,7 +197,7 @@ def test_load_library_public_api(tmp_path):
 def test_max_kernel_option_raises_and_lowers_the_cap(tmp_path):
     from click.testing import CliRunner
 
-    from kernelcli import kernels as kmod
+    from kernelcli import kernel as kmod
     from kernelcli.cli import main
 
     big = ";".join([",".join(["1"] * 65)] * 65)

@@ -15,7 +15,7 @@ from scipy import ndimage
 import kernelcli
 from kernelcli.convolve import Geometry, correlate
 from kernelcli.images import Raster
-from kernelcli.kernels import describe
+from kernelcli.analysis import describe
 
 from .conftest import run, scipy_correlate
 from .test_kernels import EXPECTED
