@@ -18,7 +18,7 @@ from .errors import (
     UnknownKernelError,
     UsageError,
 )
-from .kernel import Kernel
+from .kernel import MAX_KERNEL_SIZE, Kernel
 from .kernels import KernelLibrary, parse_inline
 
 __version__ = "0.1.0"
@@ -39,9 +39,10 @@ __all__ = [
 ]
 
 
-def load_library(*paths, shipped: bool = True) -> KernelLibrary:
-    """The shipped kernels, then each YAML file in ``paths`` (later files override names)."""
-    return KernelLibrary.load(paths, shipped=shipped)
+def load_library(*paths, shipped: bool = True, max_kernel: int = MAX_KERNEL_SIZE) -> KernelLibrary:
+    """The shipped kernels, then each YAML file in ``paths`` (later files override names).
+    Kernels from files, inline specs and generators are at most ``max_kernel`` a side."""
+    return KernelLibrary.load(paths, shipped=shipped, max_kernel=max_kernel)
 
 
 def apply(image, *kernels, library: KernelLibrary | None = None, border: str = "replicate",

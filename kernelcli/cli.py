@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .console import error, make_progress, say, warn
 from .errors import KernelcliError, UsageError, WriteError
+from .kernel import MAX_KERNEL_SIZE
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -65,16 +66,10 @@ def main():
 # --------------------------------------------------------------------------- the kernel library
 
 
-def _set_max_kernel(ctx, param, value):
-    from . import kernel
-
-    kernel.MAX_KERNEL_SIZE = value
-
-
 def kernel_files_option(f):
-    f = click.option("--max-kernel", default=63, show_default=True, type=click.IntRange(1, 1023), metavar="N",
-                     expose_value=False, callback=_set_max_kernel,
-                     help="Largest kernel side accepted from files, the command line and generators.")(f)
+    """--kernels FILE... and --max-kernel N: the command gets ``kernel_files`` and ``max_kernel``."""
+    f = click.option("--max-kernel", "max_kernel", default=MAX_KERNEL_SIZE, show_default=True, type=click.IntRange(1, 1023),
+                     metavar="N", help="Largest kernel side accepted from files, the command line and generators.")(f)
     return click.option(
         "--kernels",
         "kernel_files",
@@ -98,10 +93,10 @@ def user_kernel_files(extra=()) -> list[Path]:
     return files
 
 
-def load_library(extra=()):
+def load_library(extra=(), max_kernel: int = MAX_KERNEL_SIZE):
     from .kernels import KernelLibrary
 
-    return KernelLibrary.load(user_kernel_files(extra))
+    return KernelLibrary.load(user_kernel_files(extra), max_kernel=max_kernel)
 
 
 @main.group(context_settings=CONTEXT)
@@ -112,7 +107,7 @@ def kernels():
 @kernels.command("list", context_settings=CONTEXT)
 @kernel_files_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (name, description, matrix, …).")
-def kernels_list(kernel_files, as_json):
+def kernels_list(kernel_files, max_kernel, as_json):
     """List the available kernels.
 
     A table on a terminal; one tab-separated line per kernel (name, size, description)
@@ -124,7 +119,7 @@ def kernels_list(kernel_files, as_json):
     """
     from .analysis import describe
 
-    lib = load_library(kernel_files)
+    lib = load_library(kernel_files, max_kernel)
     if as_json:
         click.echo(json.dumps([describe(k) for k in lib], indent=2))
     elif sys.stdout.isatty():
@@ -154,7 +149,7 @@ def kernels_list(kernel_files, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, with the effective float weights.")
 @click.option("--image", "image_path", metavar="FILE", help="Also draw the kernel as a heatmap picture (- for stdout).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --image file.")
-def kernels_show(name, kernel_files, as_json, image_path, overwrite):
+def kernels_show(name, kernel_files, max_kernel, as_json, image_path, overwrite):
     """Show one kernel: its weights coloured by sign, sum, separability, origin.
 
     NAME is a kernel name or an inline matrix such as "1 2 1; 2 4 2; 1 2 1".
@@ -162,7 +157,7 @@ def kernels_show(name, kernel_files, as_json, image_path, overwrite):
     """
     from .analysis import describe
 
-    kernel = load_library(kernel_files).resolve(name)
+    kernel = load_library(kernel_files, max_kernel).resolve(name)
     info = describe(kernel)
     if image_path:
         from .grid import kernel_picture
@@ -275,7 +270,7 @@ EXIT_CODES_BATCH = (
 @kernel_files_option
 def apply(kernel_specs, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
           quality, overwrite, skip_existing, report_path, jobs, stats, quiet, verbose, flatten_on, max_pixels,
-          allow_truncated, kernel_files, **geo):
+          allow_truncated, kernel_files, max_kernel, **geo):
     """Filter images (files, folders, .npy/.csv arrays, or - for stdin) with kernels.
 
     \b
@@ -305,7 +300,7 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
         raise UsageError("no input given; name files or folders, - for stdin, or --files-from")
     torch_loading = _warm_torch()  # ~1 s, overlapped with planning and the first decodes
     _route_warnings()
-    library = load_library(kernel_files)
+    library = load_library(kernel_files, max_kernel)
     kernels_ = [library.resolve(spec) for spec in kernel_specs]
     options = build_options(raw=False, stats=stats, **geo)
     from .grid import parse_color
@@ -600,7 +595,7 @@ def _share_threads(workers: int) -> None:
 @geometry_options
 @kernel_files_option
 def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, show_kernels, cell, gap,
-         background, fmt, overwrite, max_pixels, allow_truncated, kernel_files, **geo):
+         background, fmt, overwrite, max_pixels, allow_truncated, kernel_files, max_kernel, **geo):
     """A labelled contact sheet: each INPUT, then the same image through each kernel.
 
     \b
@@ -616,7 +611,7 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
     from .grid import Cell, arrange, compose, fit, parse_color
     from .images import read
 
-    library = load_library(kernel_files)
+    library = load_library(kernel_files, max_kernel)
     # --all: every kernel that works on any image; channel mixers need a given channel count
     kernels_ = [k for k in library if k.kind != "multi-channel"] if all_kernels else []
     kernels_ += [k for k in (library.resolve(s) for s in kernel_specs) if k not in kernels_]
@@ -751,7 +746,7 @@ def upsample(factor, source, output, fmt, overwrite, device):
               show_default=True, help="For image outputs.")
 @kernel_files_option
 @single_io_options
-def transpose(spec, stride, padding, dilation, map_mode, kernel_files, source, output, fmt, overwrite, device):
+def transpose(spec, stride, padding, dilation, map_mode, kernel_files, max_kernel, source, output, fmt, overwrite, device):
     """Transposed convolution: each input pixel adds value × kernel into the output, as
     torch.nn.ConvTranspose2d. Output size (n−1)·stride − 2·padding + dilation·(k−1) + 1.
 
@@ -763,7 +758,7 @@ def transpose(spec, stride, padding, dilation, map_mode, kernel_files, source, o
     from .convolve import resolve_device
     from .toolkit import transpose as transpose_
 
-    kernel = load_library(kernel_files).resolve(spec)
+    kernel = load_library(kernel_files, max_kernel).resolve(spec)
     if kernel.kind != "plain":
         raise UsageError(f"kernel {kernel.name!r} is {kernel.kind}; transpose takes a plain matrix")
     resolve_device(device)
@@ -787,7 +782,7 @@ def transpose(spec, stride, padding, dilation, map_mode, kernel_files, source, o
 @click.option("--overwrite", is_flag=True, help="Let --save replace a kernel of the same name.")
 @kernel_files_option
 def learn(source, target, size_text, per_channel, border, padding, stride, dilation, as_json, save_name, save_to,
-          overwrite, kernel_files):
+          overwrite, kernel_files, max_kernel):
     """Find the kernel that turns INPUT into TARGET (linear least squares).
 
     Prints the kernel on stdout (rows of numbers) and the fit on stderr. Target pixels at 0
@@ -812,7 +807,7 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
     if not m or not all(int(v) > 0 for v in m.groups()):
         raise UsageError(f"--size {size_text!r}: write HxW, e.g. 3x3")
     shape = (int(m.group(1)), int(m.group(2)))
-    library = load_library(kernel_files) if save_name else None
+    library = load_library(kernel_files, max_kernel) if save_name else None
     if save_name:
         _check_save(library, save_name, overwrite)
     mode, value = parse_border(border)
@@ -841,7 +836,7 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
         from .kernels import save_kernel
 
         save_kernel(path, save_name, clean[0], f"Learned from {Path(source).name} -> {Path(target).name} "
-                    f"(relative error {fit.relative_error:.2g}).", overwrite=overwrite)
+                    f"(relative error {fit.relative_error:.2g}).", overwrite=overwrite, max_kernel=max_kernel)
         say(f"saved {save_name!r} to {path}")
 
 
@@ -862,7 +857,7 @@ def _check_save(library, name, overwrite):
 @click.option("--size", "size_text", required=True, metavar="HxW[xC]", help="Input size (C channels, default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @kernel_files_option
-def explain(steps, size_text, as_json, kernel_files):
+def explain(steps, size_text, as_json, kernel_files, max_kernel):
     """Output size (formula filled in), receptive field and cost of each step of a chain.
 
     \b
@@ -877,7 +872,7 @@ def explain(steps, size_text, as_json, kernel_files):
     m = re_.fullmatch(r"(\d+)x(\d+)(?:x(\d+))?", size_text)
     if not m:
         raise UsageError(f"--size {size_text!r}: write HxW or HxWxC, e.g. 32x32x3")
-    library = load_library(kernel_files)
+    library = load_library(kernel_files, max_kernel)
     rows = explain_([parse_step(s, library) for s in steps], int(m.group(1)), int(m.group(2)), int(m.group(3) or 1))
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))

@@ -12,8 +12,7 @@ import re
 from dataclasses import replace
 
 from .errors import KernelFileError
-from . import kernel as _kernel
-from .kernel import Kernel, check_matrix, parse_number
+from .kernel import MAX_KERNEL_SIZE, Kernel, check_matrix, parse_number
 
 GENERATORS = {
     "gaussian": "gaussian:SIGMA[,SIZE] — Gaussian blur, sum 1",
@@ -39,14 +38,14 @@ def _args(spec: str, counts: tuple[int, ...]) -> list[float]:
     return values
 
 
-def _size(spec: str, sigma: float, given: list[float]) -> int:
+def _size(spec: str, sigma: float, given: list[float], max_kernel: int) -> int:
     if sigma <= 0:
         raise KernelFileError(f"kernel {spec!r}: sigma must be > 0")
     size = int(given[0]) if given else 2 * math.ceil(3 * sigma) + 1
     if given and (given[0] != size or size < 1 or size % 2 == 0):
         raise KernelFileError(f"kernel {spec!r}: size must be an odd whole number")
-    if size > _kernel.MAX_KERNEL_SIZE:
-        raise KernelFileError(f"kernel {spec!r}: size {size} is over the limit of {_kernel.MAX_KERNEL_SIZE}")
+    if size > max_kernel:
+        raise KernelFileError(f"kernel {spec!r}: size {size} is over the limit of {max_kernel}")
     return size
 
 
@@ -73,28 +72,29 @@ def _identity(size: int):
     return d
 
 
-def generate(spec: str) -> Kernel:
-    """The kernel for a generator spec such as ``gaussian:2`` or ``motion:9,45``."""
+def generate(spec: str, *, max_kernel: int = MAX_KERNEL_SIZE) -> Kernel:
+    """The kernel for a generator spec such as ``gaussian:2`` or ``motion:9,45``, at most
+    ``max_kernel`` a side."""
     import numpy as np
 
     name = spec.partition(":")[0]
     if name == "gaussian":
         sigma, *rest = _args(spec, (1, 2))
-        w = gaussian_2d(sigma, _size(spec, sigma, rest))
+        w = gaussian_2d(sigma, _size(spec, sigma, rest, max_kernel))
         what = f"Gaussian blur, sigma {sigma:g}"
     elif name == "box":
         (n,) = _args(spec, (1,))
-        if n != int(n) or not 1 <= n <= _kernel.MAX_KERNEL_SIZE:
-            raise KernelFileError(f"kernel {spec!r}: N must be a whole number from 1 to {_kernel.MAX_KERNEL_SIZE}")
+        if n != int(n) or not 1 <= n <= max_kernel:
+            raise KernelFileError(f"kernel {spec!r}: N must be a whole number from 1 to {max_kernel}")
         w = np.ones((int(n), int(n))) / n**2
         what = f"{int(n)}x{int(n)} mean"
     elif name == "motion":
         length, angle = _args(spec, (2,))
-        w = motion(spec, length, angle)
+        w = motion(spec, length, angle, max_kernel)
         what = f"motion blur, {length:g} px at {angle:g} degrees"
     elif name == "log":
         sigma, *rest = _args(spec, (1, 2))
-        size = _size(spec, sigma, rest)
+        size = _size(spec, sigma, rest, max_kernel)
         x = np.arange(size) - (size - 1) / 2
         r2 = x[:, None] ** 2 + x[None, :] ** 2
         w = -(r2 - 2 * sigma**2) / sigma**4 * np.exp(-r2 / (2 * sigma**2))  # −∇²G
@@ -103,21 +103,21 @@ def generate(spec: str) -> Kernel:
         what = f"Laplacian of Gaussian, sigma {sigma:g}"
     elif name == "dog":
         s1, s2, *rest = _args(spec, (2, 3))
-        size = _size(spec, max(s1, s2), rest)
+        size = _size(spec, max(s1, s2), rest, max_kernel)
         w = gaussian_2d(s1, size) - gaussian_2d(s2, size)
         what = f"difference of Gaussians, sigma {s1:g} minus {s2:g}"
     elif name == "unsharp":
         sigma, amount, *rest = _args(spec, (2, 3))
-        size = _size(spec, sigma, rest)
+        size = _size(spec, sigma, rest, max_kernel)
         w = (1 + amount) * _identity(size) - amount * gaussian_2d(sigma, size)
         what = f"unsharp mask, sigma {sigma:g}, amount {amount:g}"
     else:  # pragma: no cover - guarded by is_generated
         raise KernelFileError(f"unknown generator {name!r}")
-    matrix = check_matrix([list(r) for r in w], f"kernel {spec!r}")
+    matrix = check_matrix([list(r) for r in w], f"kernel {spec!r}", max_kernel=max_kernel)
     return Kernel(name=_file_safe(spec), matrix=matrix, description=what, source="generated")
 
 
-def motion(spec: str, length: float, angle: float):
+def motion(spec: str, length: float, angle: float, max_kernel: int = MAX_KERNEL_SIZE):
     """A line of ``length`` pixels through the centre at ``angle`` degrees; each pixel weighs
     the length of line inside it (so ``motion:5,0`` is exactly a 1x5 mean), sum 1."""
     import numpy as np
@@ -125,8 +125,8 @@ def motion(spec: str, length: float, angle: float):
     if length < 1:
         raise KernelFileError(f"kernel {spec!r}: length must be at least 1")
     size = int(math.ceil(length)) | 1  # odd
-    if size > _kernel.MAX_KERNEL_SIZE:
-        raise KernelFileError(f"kernel {spec!r}: length {length:g} is over the limit of {_kernel.MAX_KERNEL_SIZE}")
+    if size > max_kernel:
+        raise KernelFileError(f"kernel {spec!r}: length {length:g} is over the limit of {max_kernel}")
     w = np.zeros((size, size))
     c = (size - 1) / 2
     theta = math.radians(angle)

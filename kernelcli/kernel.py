@@ -16,7 +16,7 @@ from fractions import Fraction
 from .errors import KernelFileError
 
 MAP_MODES = ("clip", "abs", "offset", "normalize")
-MAX_KERNEL_SIZE = 63  # per side, for kernels from files and the command line (--max-kernel)
+MAX_KERNEL_SIZE = 63  # default largest side for kernels read from files, inline specs and generators
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
 _NUMBER_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
@@ -143,8 +143,9 @@ def parse_number(text: str, where: str) -> float:
     return value
 
 
-def check_matrix(rows: list[list[float]], where: str) -> tuple[tuple[float, ...], ...]:
-    """Validate shape and size; return the matrix as a tuple of tuples."""
+def check_matrix(rows: list[list[float]], where: str, *,
+                 max_kernel: int = MAX_KERNEL_SIZE) -> tuple[tuple[float, ...], ...]:
+    """Validate shape and size (at most ``max_kernel`` a side); return the matrix as a tuple of tuples."""
     if not rows or not rows[0]:
         raise KernelFileError(f"{where}: the kernel is empty")
     width = len(rows[0])
@@ -153,9 +154,9 @@ def check_matrix(rows: list[list[float]], where: str) -> tuple[tuple[float, ...]
             raise KernelFileError(
                 f"{where}: row {i} has {len(row)} values but row 1 has {width} (rows must be equal)"
             )
-    if len(rows) > MAX_KERNEL_SIZE or width > MAX_KERNEL_SIZE:
+    if len(rows) > max_kernel or width > max_kernel:
         raise KernelFileError(
             f"{where}: the kernel is {len(rows)}x{width}; at most "
-            f"{MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE} is allowed (--max-kernel raises it)"
+            f"{max_kernel}x{max_kernel} is allowed (--max-kernel raises it)"
         )
     return tuple(tuple(row) for row in rows)

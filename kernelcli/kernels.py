@@ -35,12 +35,11 @@ from pathlib import Path
 import yaml
 
 from .errors import KernelFileError, UnknownKernelError
-from .kernel import MAP_MODES, NAME_RE, Kernel, check_matrix, parse_number
+from .kernel import MAP_MODES, MAX_KERNEL_SIZE, NAME_RE, Kernel, check_matrix, parse_number
 
 # Re-exported so that ``from kernelcli.kernels import ...`` keeps working while callers move to
 # kernelcli.kernel (the value type, numbers) and kernelcli.analysis (facts about a kernel).
 from .analysis import FREQUENCY_WORDS, describe, frequency, separable_factors, symmetry  # noqa: F401
-from .kernel import MAX_KERNEL_SIZE  # noqa: F401
 
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 16
@@ -62,7 +61,7 @@ def is_inline_spec(spec: str) -> bool:
     return NAME_RE.match(spec) is None
 
 
-def parse_inline(spec: str) -> Kernel:
+def parse_inline(spec: str, *, max_kernel: int = MAX_KERNEL_SIZE) -> Kernel:
     """Parse ``"0,-1,0; -1,5,-1; 0,-1,0"`` or ``"[[0,-1,0],[-1,5,-1],[0,-1,0]]"``."""
     text = spec.strip()
     where = f"kernel {spec!r}"
@@ -79,7 +78,7 @@ def parse_inline(spec: str) -> Kernel:
         rows.append(
             [parse_number(tok, f"{where}, row {r}, column {c}") for c, tok in enumerate(tokens, 1)]
         )
-    matrix = check_matrix(rows, where)
+    matrix = check_matrix(rows, where, max_kernel=max_kernel)
     digest = hashlib.sha1(repr(matrix).encode()).hexdigest()[:6]
     return Kernel(
         name=f"inline-{digest}",
@@ -142,8 +141,9 @@ _STD_TAGS = {
 class _FileParser:
     """Walks the composed YAML node tree of one kernel file, with line numbers for errors."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, max_kernel: int = MAX_KERNEL_SIZE):
         self.path = path
+        self.max_kernel = max_kernel
 
     def where(self, node, detail: str = "") -> str:
         line = node.start_mark.line + 1
@@ -304,7 +304,7 @@ class _FileParser:
             ]
             for r, (row_node, cells) in enumerate(row_items, 1)
         ]
-        return check_matrix(rows, self.where(node, here))
+        return check_matrix(rows, self.where(node, here), max_kernel=self.max_kernel)
 
     def weight(self, node, here: str) -> tuple:
         """C_out x C_in x kh x kw nested lists; every output channel a list of C_in matrices."""
@@ -342,8 +342,9 @@ class _FileParser:
         return names
 
 
-def load_file(path: str | Path) -> list[Kernel]:
-    """Read and validate one kernel file; raise KernelFileError naming file and line."""
+def load_file(path: str | Path, *, max_kernel: int = MAX_KERNEL_SIZE) -> list[Kernel]:
+    """Read and validate one kernel file (matrices at most ``max_kernel`` a side); raise
+    KernelFileError naming file and line."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -356,7 +357,7 @@ def load_file(path: str | Path) -> list[Kernel]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise KernelFileError(f"{path}: kernel file is not UTF-8 text") from None
-    return _FileParser(str(path)).parse(text)
+    return _FileParser(str(path), max_kernel).parse(text)
 
 
 # --------------------------------------------------------------------------- writing
@@ -389,7 +390,8 @@ def _plain(v: float):
     return int(v) if float(v).is_integer() else float(v)
 
 
-def save_kernel(path: str | Path, name: str, weights, description: str, *, overwrite: bool = False) -> None:
+def save_kernel(path: str | Path, name: str, weights, description: str, *, overwrite: bool = False,
+                max_kernel: int = MAX_KERNEL_SIZE) -> None:
     """Add a plain kernel to a library file (created if missing), validated before the file
     is replaced atomically. A kernel of the same name is replaced only with ``overwrite``;
     then, or when the file's own layout cannot take an appended entry, the file is written
@@ -397,10 +399,11 @@ def save_kernel(path: str | Path, name: str, weights, description: str, *, overw
     from .images import write_atomic
 
     path = Path(path)
-    kernel = Kernel(name=name, matrix=check_matrix([[float(v) for v in row] for row in weights], f"kernel {name!r}"),
+    kernel = Kernel(name=name, matrix=check_matrix([[float(v) for v in row] for row in weights], f"kernel {name!r}",
+                                                   max_kernel=max_kernel),
                     description=description)
     header = "version: 1\nkernels:\n"
-    existing = load_file(path) if path.exists() else []
+    existing = load_file(path, max_kernel=max_kernel) if path.exists() else []
     if any(k.name == name or name in k.aliases for k in existing):
         if not overwrite:
             raise KernelFileError(f"{path}: a kernel named {name!r} exists already; pass --overwrite to replace it")
@@ -409,10 +412,10 @@ def save_kernel(path: str | Path, name: str, weights, description: str, *, overw
         old = path.read_text(encoding="utf-8") if path.exists() else header
         text = old.rstrip("\n") + "\n" + entry_yaml(kernel)
         try:
-            _FileParser(str(path)).parse(text)
+            _FileParser(str(path), max_kernel).parse(text)
         except KernelFileError:
             text = header + "".join(entry_yaml(k) for k in existing) + entry_yaml(kernel)
-    _FileParser(str(path)).parse(text)  # never write a file kernelcli cannot read back
+    _FileParser(str(path), max_kernel).parse(text)  # never write a file kernelcli cannot read back
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text.encode("utf-8"), overwrite=True)
 
@@ -426,18 +429,20 @@ def shipped_path() -> Path:
 
 
 class KernelLibrary:
-    """Kernels by name, built from files in order: later files add kernels or override names."""
+    """Kernels by name, built from files in order: later files add kernels or override names.
+    ``max_kernel`` is the largest side accepted from its files, inline specs and generators."""
 
-    def __init__(self, kernels: list[Kernel] = ()):
+    def __init__(self, kernels: list[Kernel] = (), *, max_kernel: int = MAX_KERNEL_SIZE):
+        self.max_kernel = max_kernel
         self._kernels: dict[str, Kernel] = {}
         self._aliases: dict[str, str] = {}
         self.add(kernels)
 
     @classmethod
-    def load(cls, paths=(), *, shipped: bool = True) -> "KernelLibrary":
-        lib = cls()
+    def load(cls, paths=(), *, shipped: bool = True, max_kernel: int = MAX_KERNEL_SIZE) -> "KernelLibrary":
+        lib = cls(max_kernel=max_kernel)
         for path in ([shipped_path()] if shipped else []) + [Path(p) for p in paths]:
-            lib.add(load_file(path))
+            lib.add(load_file(path, max_kernel=max_kernel))
         lib.link()
         return lib
 
@@ -515,6 +520,6 @@ class KernelLibrary:
         if at and base:
             return rotate(self.resolve(base), angle, spec)
         if is_generated(spec):
-            return generate(spec)
-        return parse_inline(spec) if is_inline_spec(spec) else self.get(spec)
+            return generate(spec, max_kernel=self.max_kernel)
+        return parse_inline(spec, max_kernel=self.max_kernel) if is_inline_spec(spec) else self.get(spec)
 

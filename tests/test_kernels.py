@@ -197,16 +197,48 @@ def test_load_library_public_api(tmp_path):
 def test_max_kernel_option_raises_and_lowers_the_cap(tmp_path):
     from click.testing import CliRunner
 
-    from kernelcli import kernel as kmod
     from kernelcli.cli import main
 
     big = ";".join([",".join(["1"] * 65)] * 65)
-    try:
-        refused = CliRunner().invoke(main, ["kernels", "show", big, "--json"])
-        assert refused.exit_code == 2 and "65x65; at most 63x63 is allowed (--max-kernel raises it)" in refused.stderr
-        ok = CliRunner().invoke(main, ["kernels", "show", big, "--json", "--max-kernel", "65"])
-        assert ok.exit_code == 0, ok.stderr
-        small = CliRunner().invoke(main, ["kernels", "show", "gaussian:2", "--max-kernel", "5"])
-        assert small.exit_code == 2 and "over the limit of 5" in small.stderr
-    finally:
-        kmod.MAX_KERNEL_SIZE = 63
+    refused = CliRunner().invoke(main, ["kernels", "show", big, "--json"])
+    assert refused.exit_code == 2 and "65x65; at most 63x63 is allowed (--max-kernel raises it)" in refused.stderr
+    ok = CliRunner().invoke(main, ["kernels", "show", big, "--json", "--max-kernel", "65"])
+    assert ok.exit_code == 0, ok.stderr
+    small = CliRunner().invoke(main, ["kernels", "show", "gaussian:2", "--max-kernel", "5"])
+    assert small.exit_code == 2 and "over the limit of 5" in small.stderr
+
+
+@pytest.mark.parametrize("argv", [["kernels", "show", "gaussian:1", "--max-kernel", "3"],  # refused: exit 2
+                                  ["kernels", "show", "sharpen", "--max-kernel", "5"]])  # runs: exit 0
+def test_max_kernel_of_one_cli_call_does_not_leak_into_later_library_calls(argv):
+    from click.testing import CliRunner
+    from scipy import ndimage
+
+    from kernelcli.cli import main
+
+    assert CliRunner().invoke(main, argv).exit_code in (0, 2)
+    x = np.random.default_rng(3).random((20, 24))
+    out = kernelcli.apply(x, "gaussian:1")  # 7x7, over the cap the CLI call was given
+    g = np.exp(-(np.arange(-3, 4) ** 2) / 2.0)
+    expected = ndimage.correlate(x, np.outer(g, g) / g.sum() ** 2, mode="nearest")
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert kernelcli.load_library().resolve(";".join(["1 1 1 1 1"] * 5)).shape == (5, 5)
+
+
+def test_max_kernel_is_a_value_of_each_library(tmp_path):
+    path = write(tmp_path, """\
+        kernels:
+          wide:
+            description: five wide
+            matrix: [[1, 1, 1, 1, 1]]
+        """)
+    with pytest.raises(KernelFileError, match="1x5; at most 4x4 is allowed"):
+        load_file(path, max_kernel=4)
+    small = KernelLibrary.load([], shipped=False, max_kernel=4)
+    for spec, message in [("1 1 1 1 1", "1x5; at most 4x4"), ("gaussian:1", "size 7 is over the limit of 4"),
+                          ("box:5", "from 1 to 4"), ("motion:5,0", "length 5 is over the limit of 4")]:
+        with pytest.raises(KernelFileError, match=message):
+            small.resolve(spec)
+    assert small.resolve("box:4").shape == (4, 4)
+    assert KernelLibrary.load([path], max_kernel=5).get("wide").shape == (1, 5)  # the next library: its own cap
+    assert kernelcli.load_library(path, max_kernel=5).max_kernel == 5
