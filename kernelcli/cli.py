@@ -27,11 +27,24 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except KernelcliError as exc:
-            error(str(exc))
+            error(message(exc))
             ctx.exit(exc.exit_code)
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly
             _silence_stdout()
             ctx.exit(1)
+
+
+# The flag that changes a library setting named by an error (KernelcliError.setting), as the
+# end of the message; library messages describe the problem and never name a flag.
+SETTING_FLAGS = {
+    "max_kernel": " (--max-kernel raises it)",
+    "overwrite": "; pass --overwrite to replace it",
+}
+
+
+def message(exc: KernelcliError) -> str:
+    """What the user reads for a library error: its text and the flag that resolves it."""
+    return str(exc) + SETTING_FLAGS.get(exc.setting, "")
 
 
 def _silence_stdout():

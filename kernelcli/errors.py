@@ -6,9 +6,18 @@ Anything else that escapes is a bug and is allowed to show its traceback.
 
 
 class KernelcliError(Exception):
-    """Base class: a failure a user can act on. ``exit_code`` is what the CLI exits with."""
+    """Base class: a failure a user can act on. ``exit_code`` is what the CLI exits with.
+
+    The message describes the problem, never a command-line flag. ``setting`` names the library
+    setting (a keyword argument such as ``"max_kernel"`` or ``"overwrite"``) that lets the call
+    through; the CLI turns it into the flag that does so.
+    """
 
     exit_code = 1
+
+    def __init__(self, *args, setting: str | None = None):
+        super().__init__(*args)
+        self.setting = setting
 
 
 class UsageError(KernelcliError):

@@ -45,7 +45,8 @@ def _size(spec: str, sigma: float, given: list[float], max_kernel: int) -> int:
     if given and (given[0] != size or size < 1 or size % 2 == 0):
         raise KernelFileError(f"kernel {spec!r}: size must be an odd whole number")
     if size > max_kernel:
-        raise KernelFileError(f"kernel {spec!r}: size {size} is over the limit of {max_kernel}")
+        raise KernelFileError(f"kernel {spec!r}: size {size} is over the limit of {max_kernel}",
+                              setting="max_kernel")
     return size
 
 
@@ -85,7 +86,8 @@ def generate(spec: str, *, max_kernel: int = MAX_KERNEL_SIZE) -> Kernel:
     elif name == "box":
         (n,) = _args(spec, (1,))
         if n != int(n) or not 1 <= n <= max_kernel:
-            raise KernelFileError(f"kernel {spec!r}: N must be a whole number from 1 to {max_kernel}")
+            raise KernelFileError(f"kernel {spec!r}: N must be a whole number from 1 to {max_kernel}",
+                                  setting="max_kernel" if n == int(n) and n > max_kernel else None)
         w = np.ones((int(n), int(n))) / n**2
         what = f"{int(n)}x{int(n)} mean"
     elif name == "motion":
@@ -126,7 +128,8 @@ def motion(spec: str, length: float, angle: float, max_kernel: int = MAX_KERNEL_
         raise KernelFileError(f"kernel {spec!r}: length must be at least 1")
     size = int(math.ceil(length)) | 1  # odd
     if size > max_kernel:
-        raise KernelFileError(f"kernel {spec!r}: length {length:g} is over the limit of {max_kernel}")
+        raise KernelFileError(f"kernel {spec!r}: length {length:g} is over the limit of {max_kernel}",
+                              setting="max_kernel")
     w = np.zeros((size, size))
     c = (size - 1) / 2
     theta = math.radians(angle)

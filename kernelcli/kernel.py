@@ -156,7 +156,7 @@ def check_matrix(rows: list[list[float]], where: str, *,
             )
     if len(rows) > max_kernel or width > max_kernel:
         raise KernelFileError(
-            f"{where}: the kernel is {len(rows)}x{width}; at most "
-            f"{max_kernel}x{max_kernel} is allowed (--max-kernel raises it)"
+            f"{where}: the kernel is {len(rows)}x{width}; at most {max_kernel}x{max_kernel} is allowed",
+            setting="max_kernel",
         )
     return tuple(tuple(row) for row in rows)

@@ -406,7 +406,7 @@ def save_kernel(path: str | Path, name: str, weights, description: str, *, overw
     existing = load_file(path, max_kernel=max_kernel) if path.exists() else []
     if any(k.name == name or name in k.aliases for k in existing):
         if not overwrite:
-            raise KernelFileError(f"{path}: a kernel named {name!r} exists already; pass --overwrite to replace it")
+            raise KernelFileError(f"{path}: a kernel named {name!r} exists already", setting="overwrite")
         text = header + "".join(entry_yaml(k) for k in existing if k.name != name) + entry_yaml(kernel)
     else:
         old = path.read_text(encoding="utf-8") if path.exists() else header
@@ -457,7 +457,8 @@ class KernelLibrary:
                 try:
                     part = self.resolve(part_name)
                 except KernelFileError as exc:
-                    raise KernelFileError(f"{k.source}: kernel {name!r}, part {part_name!r}: {exc}") from None
+                    raise KernelFileError(f"{k.source}: kernel {name!r}, part {part_name!r}: {exc}",
+                                          setting=exc.setting) from None
                 if part.kind != "plain":
                     raise KernelFileError(f"{k.source}: kernel {name!r}: part {part_name!r} must be a plain matrix")
                 parts.append(part)

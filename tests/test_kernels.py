@@ -242,3 +242,58 @@ def test_max_kernel_is_a_value_of_each_library(tmp_path):
     assert small.resolve("box:4").shape == (4, 4)
     assert KernelLibrary.load([path], max_kernel=5).get("wide").shape == (1, 5)  # the next library: its own cap
     assert kernelcli.load_library(path, max_kernel=5).max_kernel == 5
+
+
+def test_kernel_module_errors_name_no_command_line_flag():
+    """Library errors describe the problem; only the CLI knows its flags (cli.message adds them)."""
+    import ast
+    import re
+
+    for module in ("kernel", "kernels", "generate", "analysis"):
+        path = Path(kernelcli.__file__).with_name(f"{module}.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Raise):
+                texts = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+                assert not [t for t in texts if re.search(r"--[a-z]", t)], f"{path.name}:{node.lineno}: {texts}"
+
+
+@pytest.mark.parametrize("spec", [";".join(["1 1 1 1 1 1 1"] * 7), "gaussian:1", "box:7", "motion:7,0"])
+def test_a_limit_error_names_the_setting_and_the_cli_names_the_flag(spec):
+    from click.testing import CliRunner
+
+    from kernelcli.cli import main, message
+
+    with pytest.raises(KernelFileError) as caught:
+        kernelcli.load_library(max_kernel=5).resolve(spec)
+    assert caught.value.setting == "max_kernel" and "--" not in str(caught.value)
+    assert message(caught.value) == f"{caught.value} (--max-kernel raises it)"
+    result = CliRunner().invoke(main, ["kernels", "show", spec, "--max-kernel", "5"])
+    assert result.exit_code == 2 and result.stderr == f"kernelcli: error: {message(caught.value)}\n"
+
+
+def test_a_combined_kernel_keeps_the_setting_of_its_part(tmp_path):
+    path = write(tmp_path, """\
+        kernels:
+          both:
+            description: two big blurs
+            combine: max
+            of: [gaussian:1, box:7]
+        """)
+    with pytest.raises(KernelFileError, match="part 'gaussian:1'") as caught:
+        KernelLibrary.load([path], shipped=False, max_kernel=5)
+    assert caught.value.setting == "max_kernel"
+    assert KernelLibrary.load([path], shipped=False).get("both").shape == (7, 7)
+
+
+def test_saving_over_a_kernel_names_the_overwrite_setting(tmp_path):
+    from kernelcli.cli import message
+    from kernelcli.kernels import save_kernel
+
+    path = tmp_path / "mine.yaml"
+    save_kernel(path, "mine", [[1, 2, 1]], "first")
+    with pytest.raises(KernelFileError, match="a kernel named 'mine' exists already$") as caught:
+        save_kernel(path, "mine", [[1, 2, 1]], "second")
+    assert caught.value.setting == "overwrite"
+    assert message(caught.value).endswith("exists already; pass --overwrite to replace it")
+    save_kernel(path, "mine", [[1, 2, 1]], "second", overwrite=True)
+    assert load_file(path)[0].description == "second"
