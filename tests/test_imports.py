@@ -93,3 +93,6 @@ def test_kernel_modules_build_on_each_other_in_one_direction():
     assert graph["kernelcli.kernel"] == {"kernelcli.errors"}  # the value type: nothing else of the package
     assert graph["kernelcli.generate"] <= {"kernelcli.errors", "kernelcli.kernel"}
     assert graph["kernelcli.analysis"] <= {"kernelcli.errors", "kernelcli.kernel"}
+    # the library: no engine (torch), no CLI; images only for its atomic write of saved kernels
+    assert graph["kernelcli.kernels"] <= {"kernelcli.errors", "kernelcli.kernel", "kernelcli.analysis",
+                                          "kernelcli.generate", "kernelcli.images"}
