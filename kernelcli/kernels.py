@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -533,7 +534,7 @@ def save_kernel(path: str | Path, name: str, weights, description: str, *, overw
     anew from its parsed kernels (its comments are not kept)."""
     from .images import write_atomic
 
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # a link to a library file: write through to its target
     kernel = Kernel(name=name, matrix=check_matrix([[float(v) for v in row] for row in weights], f"kernel {name!r}"),
                     description=description)
     header = "version: 1\nkernels:\n"
@@ -550,7 +551,6 @@ def save_kernel(path: str | Path, name: str, weights, description: str, *, overw
         except KernelFileError:
             text = header + "".join(entry_yaml(k) for k in existing) + entry_yaml(kernel)
     _FileParser(str(path)).parse(text)  # never write a file kernelcli cannot read back
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text.encode("utf-8"), overwrite=True)
 
 
