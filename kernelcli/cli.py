@@ -23,6 +23,13 @@ class Group(click.Group):
     """Turns kernelcli's own errors into one-line messages and exit codes, in one place."""
 
     def invoke(self, ctx):
+        import signal
+        import threading
+
+        # SIGTERM ends every command as Ctrl-C does: through the code's own clean-up
+        # (temporary files removed, a batch's summary printed), with exit 143.
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
         try:
             return super().invoke(ctx)
         except KernelcliError as exc:
@@ -31,6 +38,24 @@ class Group(click.Group):
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly
             _silence_stdout()
             ctx.exit(1)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside a batch (a batch says more)
+            error("interrupted")
+            ctx.exit(_interrupt_code(exc))
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_code(exc: BaseException) -> int:
+    from .batch import Terminated
+
+    return 143 if isinstance(exc, Terminated) else 130
+
+
+def _raise_terminated(signum, frame):
+    from .batch import Terminated
+
+    raise Terminated()
 
 
 def _silence_stdout():
@@ -262,8 +287,9 @@ EXIT_CODES_BATCH = (
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input).")
 @click.option("--skip-existing", is_flag=True, help="Keep existing outputs and skip their inputs (resume a run).")
-@click.option("--report", "report_path", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Write one JSON line per input: input, outputs, status, error.")
+@click.option("--report", "report_path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write one JSON line per input (input, outputs, status, error) to FILE, or - for stdout. "
+              "An output like the images: refused if it exists (without --overwrite) or is an input.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), help="Files worked on at once  [default: CPU cores].")
 @click.option("--stats", is_flag=True, help="Print each step's value range and share clipped to stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -313,6 +339,9 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
     job = _Render(kernels_, options, quality, stats, _limits(max_pixels, allow_truncated),
                   parse_color(flatten_on) if flatten_on else None)
     if "-" in inputs or output == "-":
+        if report_path:
+            raise UsageError("--report is for files and folders; with - (stdin/stdout) there is one image and its "
+                             "exit code")
         _check_device(options)
         return _apply_stream(job, inputs, output, fmt, files_from, each, overwrite)
     _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
@@ -398,13 +427,28 @@ def _check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
         if sys.stdout.isatty():
             raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
         return FORMATS[fmt] if fmt else None
+    from .batch import check_writable
+
     out_fmt = _check_format(format_for_path(output), fmt, output)
     if os.path.exists(output):
         if any(p != "-" and os.path.exists(p) and os.path.samefile(p, output) for p in inputs):
             raise UsageError(f"{output}: is an input; refusing to overwrite it")
+        if os.path.isdir(output):
+            raise UsageError(f"{output}: is a directory")
         if not overwrite:
             raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
+    check_writable(Path(output))
+    _remove_stale_temps([Path(output).parent])
     return out_fmt
+
+
+def _remove_stale_temps(folders) -> None:
+    """Temporary files of kernelcli's naming left in output folders by a killed run go."""
+    from .images import remove_stale_temps
+
+    for folder in dict.fromkeys(folders):
+        for path in remove_stale_temps(folder):
+            warn(f"{path}: removed a temporary file left by an interrupted kernelcli run")
 
 
 def _emit(output: str, data: bytes, overwrite: bool, detail: str = "") -> None:
@@ -454,7 +498,6 @@ def _check_device(options):
 
 def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
                  overwrite, skip_existing, report_path, jobs, quiet, verbose):
-    import signal
     import threading
 
     from . import batch
@@ -492,9 +535,18 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     jobs_ = batch.plan(sources, groups, out_dir=output if dir_mode else None, out_file=out_file, template=template,
                        ext_for=ext_for, overwrite=overwrite, skip_existing=skip_existing)
     jobs_ += bad
+    planned = {}
     for j in jobs_:  # output formats are known from the names: check them before any work
         for o in j.outputs:
             format_for_path(o.path)
+            planned[batch._key(o.path)] = "is also an image output"
+    for s in sources:
+        planned[batch._key(s.path)] = "is an input"
+    if report_path and report_path != "-":
+        batch.check_new_output(Path(report_path), planned, overwrite=overwrite, what="--report")
+    for folder in dict.fromkeys(o.path.parent for j in jobs_ for o in j.outputs):
+        batch.check_writable(folder / "x")
+    _remove_stale_temps(o.path.parent for j in jobs_ for o in j.outputs if o.path.parent.is_dir())
 
     def read_warned(path):
         raster = read(path, limits=job.limits)
@@ -509,10 +561,6 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     progress = make_progress(len(jobs_), quiet)
 
     def write(path, data):
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WriteError(f"{Path(path).parent}: cannot create folder: {exc.strerror or exc}") from None
         write_atomic(path, data, overwrite=overwrite)
 
     def process(j):
@@ -525,12 +573,10 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         if verbose and not quiet:
             say(f"{j.source.path} -> {', '.join(str(o.path) for o in j.outputs) or '-'}")
 
-    if report_path:
-        report.stream = open(report_path, "w", encoding="utf-8")
+    if report_path == "-":
+        report.stream = sys.stdout
     workers = jobs or os.cpu_count() or 1
     _share_threads(workers)
-    on_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     code = fatal = None
     try:
         batch.run(jobs_, process, workers=workers, report=report, stop=stop, on_done=on_done)
@@ -539,12 +585,14 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     except WriteError as exc:
         fatal = exc
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         if progress is not None:
             progress.close()
-        if report.stream is not None:
-            report.stream.close()
+    if report_path and report_path != "-":  # written whole, also after an interrupt or a failure
+        try:
+            write_atomic(report_path, report.jsonl(), overwrite=overwrite)
+        except KernelcliError as exc:
+            error(f"--report {exc}")
+            fatal = fatal or (exc if code is None else None)
     ctx = click.get_current_context()
     if fatal is not None:
         say(f"stopped: {report.summary()}")
@@ -560,12 +608,6 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         for path, _ in report.failed:
             say(f"  failed: {path}")
     ctx.exit(code or report.exit_code)
-
-
-def _raise_terminated(signum, frame):
-    from .batch import Terminated
-
-    raise Terminated()
 
 
 def _share_threads(workers: int) -> None:
@@ -813,8 +855,9 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
         raise UsageError(f"--size {size_text!r}: write HxW, e.g. 3x3")
     shape = (int(m.group(1)), int(m.group(2)))
     library = load_library(kernel_files) if save_name else None
+    save_path = Path(save_to) if save_to else Path(click.get_app_dir("kernelcli")) / "kernels.yaml"
     if save_name:
-        _check_save(library, save_name, overwrite)
+        _check_save(library, save_name, overwrite, save_path)
     mode, value = parse_border(border)
     fit = learn_(read(source), read(target), shape, Geometry(mode, value, parse_padding(padding), stride, dilation),
                  per_channel=per_channel)
@@ -837,7 +880,7 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
     if save_name:
         if len(clean) > 1:
             raise UsageError("--save takes one kernel; learn without --per-channel")
-        path = Path(save_to) if save_to else Path(click.get_app_dir("kernelcli")) / "kernels.yaml"
+        path = save_path
         from .kernels import save_kernel
 
         save_kernel(path, save_name, clean[0], f"Learned from {Path(source).name} -> {Path(target).name} "
@@ -845,9 +888,15 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
         say(f"saved {save_name!r} to {path}")
 
 
-def _check_save(library, name, overwrite):
+def _check_save(library, name, overwrite, path: Path):
+    from .batch import check_writable
     from .kernels import NAME_RE
 
+    if str(path) == "-":
+        raise UsageError("--to -: a kernel library is a file; name one (stdout carries the learned kernel)")
+    if path.is_dir():
+        raise UsageError(f"--to {path}: is a directory")
+    check_writable(Path(os.path.realpath(path)))
     if not NAME_RE.match(name):
         raise UsageError(f"--save {name!r}: use lowercase words joined by hyphens, e.g. my-edge")
     if name in library and not overwrite:
