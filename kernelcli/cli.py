@@ -977,7 +977,12 @@ def bench(repeat, workdir, samples, only, quality, device, as_json, quiet):
         raise UsageError(f"{samples_dir}: no sample photos here; pass --samples DIR (the repository's samples/)")
     wanted = [w.strip().upper() for w in only.split(",")] if only else None
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kernelcli-bench-"))
+    mark = work / ".kernelcli-bench"  # bench replaces its own files here on every run: only in its own folder
+    if workdir == "-" or (work.is_dir() and any(work.iterdir()) and not mark.exists()):
+        raise UsageError(f"--workdir {workdir}: not a new or empty folder, nor one made by kernelcli bench; "
+                         "bench replaces files in it, so give a new or empty folder")
     work.mkdir(parents=True, exist_ok=True)
+    mark.touch()
     log = (lambda m: None) if quiet else say
     log(f"workloads in {work}")
     data = run_bench(work, samples_dir, repeat=repeat, quality=quality, device=device, only=wanted, log=log)

@@ -95,6 +95,16 @@ def test_report_folder_problems_are_one_line(photos, tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert result.stderr == f"kernelcli: error: {afile / 'r.jsonl'}: cannot write here: {afile} is not a folder\n"
     assert not (tmp_path / "out").exists()
+    # a read-only folder (simulated: the tests may run as root, who may write anywhere)
+    import kernelcli.batch as batch
+
+    monkeypatch.setattr(batch.os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
+    (tmp_path / "ro").mkdir()
+    result = run("apply", "-k", "blur", photos, "-o", tmp_path / "out", "--report", tmp_path / "ro" / "r.jsonl")
+    assert result.exit_code == 2
+    assert result.stderr == (f"kernelcli: error: {tmp_path / 'ro' / 'r.jsonl'}: cannot write here: "
+                             f"no permission to write in {tmp_path / 'ro'}\n")
+    monkeypatch.undo()
     # a missing folder is created, as for every output
     ok = run("apply", "-k", "blur", photos, "-o", tmp_path / "out", "--report", tmp_path / "new" / "r.jsonl")
     assert ok.exit_code == 0 and len((tmp_path / "new" / "r.jsonl").read_text().splitlines()) == 2
@@ -395,3 +405,15 @@ def test_writes_never_change_the_process_umask(tmp_path, monkeypatch):
     monkeypatch.setattr(images.os, "umask", no_umask)
     images.write_atomic(tmp_path / "x.bin", b"data")
     assert stat.S_IMODE((tmp_path / "x.bin").stat().st_mode) == 0o666 & ~mask
+
+
+# ---------------------------------------------------------------- the class: bench --workdir
+
+
+def test_bench_workdir_must_be_new_empty_or_its_own(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "w2.jpg").write_bytes(b"my holiday photo")
+    result = run("bench", "--workdir", folder, "--only", "W4", "--samples", SAMPLES)
+    assert result.exit_code == 2 and "--workdir" in result.stderr
+    assert os.listdir(folder) == ["w2.jpg"] and (folder / "w2.jpg").read_bytes() == b"my holiday photo"
