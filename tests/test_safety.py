@@ -166,6 +166,16 @@ def test_symlinked_folder_leading_out_is_refused(photos, tmp_path):
     assert os.listdir(tmp_path / "elsewhere") == []
 
 
+def test_a_link_at_an_output_name_is_replaced_not_followed(photos, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere.png").write_bytes(b"not yours")
+    (tmp_path / "out" / "a.png").symlink_to(tmp_path / "elsewhere.png")
+    result = run("apply", "-k", "blur", photos, "-o", tmp_path / "out", "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "elsewhere.png").read_bytes() == b"not yours"
+    assert not (tmp_path / "out" / "a.png").is_symlink()
+
+
 def test_templates_inside_the_folder_still_work(photos, tmp_path):
     result = run("apply", "-k", "blur", photos, "-o", tmp_path / "out", "--name", "{parent}/{kernel}/{stem}{ext}")
     assert result.exit_code == 0, result.stderr
