@@ -210,16 +210,18 @@ def check_writable(path: Path) -> None:
         raise UsageError(f"{path}: cannot write here: no permission to write in {folder}")
 
 
-def check_new_output(path: Path, outputs: dict, *, overwrite: bool, what: str) -> None:
-    """One more output (the --report file) planned with the others: never an input, never
-    another output, never an existing file without ``overwrite``; its folder writable."""
+def check_report(path: Path, jobs, *, overwrite: bool) -> None:
+    """The --report file is an output planned with the others: never an input, never one of
+    the image outputs, never an existing file without ``overwrite``; its folder writable."""
+    taken = {_key(o.path): "is also an image output" for j in jobs for o in j.outputs}
+    taken.update({_key(j.source.path): "is an input" for j in jobs if not j.error})
     key = _key(path)
-    if key in outputs:
-        raise UsageError(f"{what} {path}: {outputs[key]}; choose another name")
+    if key in taken:
+        raise UsageError(f"--report {path}: {taken[key]}; choose another name")
     if os.path.isdir(path):
-        raise UsageError(f"{what} {path}: is a directory")
+        raise UsageError(f"--report {path}: is a directory")
     if os.path.lexists(path) and not overwrite:
-        raise UsageError(f"{what} {path}: already exists; pass --overwrite to replace it")
+        raise UsageError(f"--report {path}: already exists; pass --overwrite to replace it")
     check_writable(path)
 
 
@@ -229,7 +231,8 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
 
     ``groups`` is a list of kernel tuples, one output per group (one group: the kernels in
     sequence; with --each: one group per kernel). ``ext_for(source)`` gives the output
-    extension. Raises UsageError for clobbering, output == input, and collisions.
+    extension. Raises UsageError for clobbering, output == input, collisions, names leading
+    out of the output folder, and folders that cannot be written.
     """
     inputs = {}
     for s in sources:
@@ -262,6 +265,8 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
                     raise UsageError(f"{path}: already exists; pass --overwrite to replace it or --skip-existing to keep it")
             outputs.append(Output(path, group, skip))
         jobs.append(Job(s, outputs))
+    for folder in dict.fromkeys(o.path.parent for j in jobs for o in j.outputs):
+        check_writable(folder / "x")
     return jobs
 
 

@@ -535,17 +535,11 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     jobs_ = batch.plan(sources, groups, out_dir=output if dir_mode else None, out_file=out_file, template=template,
                        ext_for=ext_for, overwrite=overwrite, skip_existing=skip_existing)
     jobs_ += bad
-    planned = {}
     for j in jobs_:  # output formats are known from the names: check them before any work
         for o in j.outputs:
             format_for_path(o.path)
-            planned[batch._key(o.path)] = "is also an image output"
-    for s in sources:
-        planned[batch._key(s.path)] = "is an input"
     if report_path and report_path != "-":
-        batch.check_new_output(Path(report_path), planned, overwrite=overwrite, what="--report")
-    for folder in dict.fromkeys(o.path.parent for j in jobs_ for o in j.outputs):
-        batch.check_writable(folder / "x")
+        batch.check_report(Path(report_path), jobs_, overwrite=overwrite)
     _remove_stale_temps(o.path.parent for j in jobs_ for o in j.outputs if o.path.parent.is_dir())
 
     def read_warned(path):
@@ -880,12 +874,11 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
     if save_name:
         if len(clean) > 1:
             raise UsageError("--save takes one kernel; learn without --per-channel")
-        path = save_path
         from .kernels import save_kernel
 
-        save_kernel(path, save_name, clean[0], f"Learned from {Path(source).name} -> {Path(target).name} "
+        save_kernel(save_path, save_name, clean[0], f"Learned from {Path(source).name} -> {Path(target).name} "
                     f"(relative error {fit.relative_error:.2g}).", overwrite=overwrite)
-        say(f"saved {save_name!r} to {path}")
+        say(f"saved {save_name!r} to {save_path}")
 
 
 def _check_save(library, name, overwrite, path: Path):
