@@ -189,12 +189,12 @@ def inside(base: Path, sub: Path, name: str, template: str) -> Path:
     path = base / sub / name
     parts = name.replace(os.sep, "/").split("/")
     if os.path.isabs(name) or any(p in ("", ".", "..") for p in parts):
-        raise UsageError(f"--name {template!r} gives {path}, outside the output folder {base}; "
+        raise UsageError(f"--name {template!r} gives {path}, outside the folder {base}; "
                          "a name may not be absolute or contain an empty, . or .. part")
     real_base = base.resolve()
     real = path.parent.resolve() / path.name  # a link at the name itself is replaced, not followed
     if real != real_base and real_base not in real.parents:
-        raise UsageError(f"--name {template!r} gives {path}, which leads to {real} outside the output folder {base}")
+        raise UsageError(f"--name {template!r} gives {path}, which leads to {real} outside the folder {base}")
     return path
 
 

@@ -890,6 +890,7 @@ def _check_save(library, name, overwrite, path: Path):
     if path.is_dir():
         raise UsageError(f"--to {path}: is a directory")
     check_writable(Path(os.path.realpath(path)))
+    _remove_stale_temps([Path(os.path.realpath(path)).parent])
     if not NAME_RE.match(name):
         raise UsageError(f"--save {name!r}: use lowercase words joined by hyphens, e.g. my-edge")
     if name in library and not overwrite:
