@@ -67,7 +67,8 @@ class Report:
     processed: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
-    stream: object = None  # an open text file for --report, or None
+    stream: object = None  # a text stream the JSON lines go to as they happen (--report -), or None
+    lines: list[str] = field(default_factory=list)  # every JSON line, for a --report file written at the end
     on_fail: object = None  # called with (job, message) as each failure happens
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -81,15 +82,21 @@ class Report:
                 self.failed.append((str(job.source.path), error or ""))
                 if self.on_fail is not None:
                     self.on_fail(job, error or "")
+            line = json.dumps({  # ASCII: undecodable file names stay valid JSON
+                "input": str(job.source.path),
+                "outputs": [str(o.path) for o in job.outputs],
+                "status": status,
+                "error": error,
+            }) + "\n"
+            self.lines.append(line)
             if self.stream is not None:
-                line = {
-                    "input": str(job.source.path),
-                    "outputs": [str(o.path) for o in job.outputs],
-                    "status": status,
-                    "error": error,
-                }
-                self.stream.write(json.dumps(line) + "\n")  # ASCII: undecodable file names stay valid JSON
+                self.stream.write(line)
                 self.stream.flush()
+
+    def jsonl(self) -> bytes:
+        """The whole report, one JSON line per input, in the order they finished."""
+        with self._lock:
+            return "".join(self.lines).encode("ascii")
 
     @property
     def exit_code(self) -> int:
@@ -175,13 +182,57 @@ def output_name(template: str, source: Source, kernel_label: str, ext: str) -> s
     return template.format(stem=source.path.stem, ext=ext, kernel=kernel_label, parent=source.path.parent.name)
 
 
+def inside(base: Path, sub: Path, name: str, template: str) -> Path:
+    """``base / sub / name`` for a name filled from ``template``, refused (UsageError) unless
+    it stays inside ``base``: no absolute name, no ``..``, ``.`` or empty part (an empty
+    {parent}), and no symlinked folder on the way that leads out of ``base``."""
+    path = base / sub / name
+    parts = name.replace(os.sep, "/").split("/")
+    if os.path.isabs(name) or any(p in ("", ".", "..") for p in parts):
+        raise UsageError(f"--name {template!r} gives {path}, outside the folder {base}; "
+                         "a name may not be absolute or contain an empty, . or .. part")
+    real_base = base.resolve()
+    real = path.parent.resolve() / path.name  # a link at the name itself is replaced, not followed
+    if real != real_base and real_base not in real.parents:
+        raise UsageError(f"--name {template!r} gives {path}, which leads to {real} outside the folder {base}")
+    return path
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output whose folder cannot be made or written: the
+    nearest folder that exists must be a folder we may write in (missing ones are created)."""
+    folder = Path(os.path.abspath(path)).parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{path}: cannot write here: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{path}: cannot write here: no permission to write in {folder}")
+
+
+def check_report(path: Path, jobs, *, overwrite: bool) -> None:
+    """The --report file is an output planned with the others: never an input, never one of
+    the image outputs, never an existing file without ``overwrite``; its folder writable."""
+    taken = {_key(o.path): "is also an image output" for j in jobs for o in j.outputs}
+    taken.update({_key(j.source.path): "is an input" for j in jobs if not j.error})
+    key = _key(path)
+    if key in taken:
+        raise UsageError(f"--report {path}: {taken[key]}; choose another name")
+    if os.path.isdir(path):
+        raise UsageError(f"--report {path}: is a directory")
+    if os.path.lexists(path) and not overwrite:
+        raise UsageError(f"--report {path}: already exists; pass --overwrite to replace it")
+    check_writable(path)
+
+
 def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for=None,
          overwrite=False, skip_existing=False) -> list[Job]:
     """Resolve every output path and refuse bad plans before any work.
 
     ``groups`` is a list of kernel tuples, one output per group (one group: the kernels in
     sequence; with --each: one group per kernel). ``ext_for(source)`` gives the output
-    extension. Raises UsageError for clobbering, output == input, and collisions.
+    extension. Raises UsageError for clobbering, output == input, collisions, names leading
+    out of the output folder, and folders that cannot be written.
     """
     inputs = {}
     for s in sources:
@@ -196,7 +247,10 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
                 path = Path(out_file)
             else:
                 name = output_name(template, s, label, ext)
-                path = (Path(out_dir) / s.rel.parent / name) if out_dir is not None else s.path.with_name(name)
+                if out_dir is not None:
+                    path = inside(Path(out_dir), s.rel.parent, name, template)
+                else:
+                    path = inside(s.path.parent, Path(), name, template)
             key = _key(path)
             if key in inputs:
                 raise UsageError(f"{path}: is an input; refusing to overwrite it (choose another -o or --name)")
@@ -204,13 +258,15 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
                 raise UsageError(f"{seen[key]} and {s.path} would both be written to {path}; use --name with {{parent}} or another -o")
             seen[key] = s.path
             skip = False
-            if path.exists() or path.is_symlink():
+            if os.path.lexists(path):  # False, not an error, for a name too long: that input fails later
                 if skip_existing:
                     skip = True
                 elif not overwrite:
                     raise UsageError(f"{path}: already exists; pass --overwrite to replace it or --skip-existing to keep it")
             outputs.append(Output(path, group, skip))
         jobs.append(Job(s, outputs))
+    for folder in dict.fromkeys(o.path.parent for j in jobs for o in j.outputs):
+        check_writable(folder / "x")
     return jobs
 
 
@@ -265,13 +321,23 @@ def run(jobs, process, *, workers: int = 1, report: Report, stop: threading.Even
     except KeyboardInterrupt as exc:
         stop.set()
         interrupt_code = 143 if isinstance(exc, Terminated) else 130
-        wait(pending)  # workers finish the file at hand; none starts a new one
+        _wait_through_signals(pending)  # workers finish the file at hand; none starts a new one
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if fatal:
         raise fatal[0]
     if stop.is_set():
         raise Interrupted(interrupt_code)
+
+
+def _wait_through_signals(pending) -> None:
+    """Wait for the files in flight; a second Ctrl-C or SIGTERM does not cut one in half
+    (its temporary file would be left): the run ends as soon as they are done."""
+    while pending:
+        try:
+            _, pending = wait(pending, timeout=0.2)
+        except KeyboardInterrupt:
+            continue
 
 
 class Prefetch:

@@ -24,6 +24,13 @@ class Group(click.Group):
     """Turns kernelcli's own errors into one-line messages and exit codes, in one place."""
 
     def invoke(self, ctx):
+        import signal
+        import threading
+
+        # SIGTERM ends every command as Ctrl-C does: through the code's own clean-up
+        # (temporary files removed, a batch's summary printed), with exit 143.
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
         try:
             return super().invoke(ctx)
         except KernelcliError as exc:
@@ -32,6 +39,24 @@ class Group(click.Group):
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly
             _silence_stdout()
             ctx.exit(1)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside a batch (a batch says more)
+            error("interrupted")
+            ctx.exit(_interrupt_code(exc))
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_code(exc: BaseException) -> int:
+    from .batch import Terminated
+
+    return 143 if isinstance(exc, Terminated) else 130
+
+
+def _raise_terminated(signum, frame):
+    from .batch import Terminated
+
+    raise Terminated()
 
 
 # The flag that changes a library setting named by an error (KernelcliError.setting), as the
@@ -270,8 +295,9 @@ EXIT_CODES_BATCH = (
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input).")
 @click.option("--skip-existing", is_flag=True, help="Keep existing outputs and skip their inputs (resume a run).")
-@click.option("--report", "report_path", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Write one JSON line per input: input, outputs, status, error.")
+@click.option("--report", "report_path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write one JSON line per input (input, outputs, status, error) to FILE, or - for stdout. "
+              "An output like the images: refused if it exists (without --overwrite) or is an input.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), help="Files worked on at once  [default: CPU cores].")
 @click.option("--stats", is_flag=True, help="Print each step's value range and share clipped to stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -321,6 +347,9 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
     job = _Render(kernels_, options, quality, stats, _limits(max_pixels, allow_truncated),
                   parse_color(flatten_on) if flatten_on else None)
     if "-" in inputs or output == "-":
+        if report_path:
+            raise UsageError("--report is for files and folders; with - (stdin/stdout) there is one image and its "
+                             "exit code")
         _check_device(options)
         return _apply_stream(job, inputs, output, fmt, files_from, each, overwrite)
     _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
@@ -406,13 +435,28 @@ def _check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
         if sys.stdout.isatty():
             raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
         return FORMATS[fmt] if fmt else None
+    from .batch import check_writable
+
     out_fmt = _check_format(format_for_path(output), fmt, output)
     if os.path.exists(output):
         if any(p != "-" and os.path.exists(p) and os.path.samefile(p, output) for p in inputs):
             raise UsageError(f"{output}: is an input; refusing to overwrite it")
+        if os.path.isdir(output):
+            raise UsageError(f"{output}: is a directory")
         if not overwrite:
             raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
+    check_writable(Path(output))
+    _remove_stale_temps([Path(output).parent])
     return out_fmt
+
+
+def _remove_stale_temps(folders) -> None:
+    """Temporary files of kernelcli's naming left in output folders by a killed run go."""
+    from .images import remove_stale_temps
+
+    for folder in dict.fromkeys(folders):
+        for path in remove_stale_temps(folder):
+            warn(f"{path}: removed a temporary file left by an interrupted kernelcli run")
 
 
 def _emit(output: str, data: bytes, overwrite: bool, detail: str = "") -> None:
@@ -462,7 +506,6 @@ def _check_device(options):
 
 def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
                  overwrite, skip_existing, report_path, jobs, quiet, verbose):
-    import signal
     import threading
 
     from . import batch
@@ -503,6 +546,9 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     for j in jobs_:  # output formats are known from the names: check them before any work
         for o in j.outputs:
             format_for_path(o.path)
+    if report_path and report_path != "-":
+        batch.check_report(Path(report_path), jobs_, overwrite=overwrite)
+    _remove_stale_temps(o.path.parent for j in jobs_ for o in j.outputs if o.path.parent.is_dir())
 
     def read_warned(path):
         raster = read(path, limits=job.limits)
@@ -517,10 +563,6 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     progress = make_progress(len(jobs_), quiet)
 
     def write(path, data):
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WriteError(f"{Path(path).parent}: cannot create folder: {exc.strerror or exc}") from None
         write_atomic(path, data, overwrite=overwrite)
 
     def process(j):
@@ -533,12 +575,10 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         if verbose and not quiet:
             say(f"{j.source.path} -> {', '.join(str(o.path) for o in j.outputs) or '-'}")
 
-    if report_path:
-        report.stream = open(report_path, "w", encoding="utf-8")
+    if report_path == "-":
+        report.stream = sys.stdout
     workers = jobs or os.cpu_count() or 1
     _share_threads(workers)
-    on_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     code = fatal = None
     try:
         batch.run(jobs_, process, workers=workers, report=report, stop=stop, on_done=on_done)
@@ -547,12 +587,14 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     except WriteError as exc:
         fatal = exc
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         if progress is not None:
             progress.close()
-        if report.stream is not None:
-            report.stream.close()
+    if report_path and report_path != "-":  # written whole, also after an interrupt or a failure
+        try:
+            write_atomic(report_path, report.jsonl(), overwrite=overwrite)
+        except KernelcliError as exc:
+            error(f"--report {exc}")
+            fatal = fatal or (exc if code is None else None)
     ctx = click.get_current_context()
     if fatal is not None:
         say(f"stopped: {report.summary()}")
@@ -568,12 +610,6 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         for path, _ in report.failed:
             say(f"  failed: {path}")
     ctx.exit(code or report.exit_code)
-
-
-def _raise_terminated(signum, frame):
-    from .batch import Terminated
-
-    raise Terminated()
 
 
 def _share_threads(workers: int) -> None:
@@ -821,8 +857,9 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
         raise UsageError(f"--size {size_text!r}: write HxW, e.g. 3x3")
     shape = (int(m.group(1)), int(m.group(2)))
     library = load_library(kernel_files, max_kernel) if save_name else None
+    save_path = Path(save_to) if save_to else Path(click.get_app_dir("kernelcli")) / "kernels.yaml"
     if save_name:
-        _check_save(library, save_name, overwrite)
+        _check_save(library, save_name, overwrite, save_path)
     mode, value = parse_border(border)
     fit = learn_(read(source), read(target), shape, Geometry(mode, value, parse_padding(padding), stride, dilation),
                  per_channel=per_channel)
@@ -845,17 +882,23 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
     if save_name:
         if len(clean) > 1:
             raise UsageError("--save takes one kernel; learn without --per-channel")
-        path = Path(save_to) if save_to else Path(click.get_app_dir("kernelcli")) / "kernels.yaml"
         from .kernels import save_kernel
 
-        save_kernel(path, save_name, clean[0], f"Learned from {Path(source).name} -> {Path(target).name} "
+        save_kernel(save_path, save_name, clean[0], f"Learned from {Path(source).name} -> {Path(target).name} "
                     f"(relative error {fit.relative_error:.2g}).", overwrite=overwrite, max_kernel=max_kernel)
-        say(f"saved {save_name!r} to {path}")
+        say(f"saved {save_name!r} to {save_path}")
 
 
-def _check_save(library, name, overwrite):
+def _check_save(library, name, overwrite, path: Path):
+    from .batch import check_writable
     from .kernel import NAME_RE
 
+    if str(path) == "-":
+        raise UsageError("--to -: a kernel library is a file; name one (stdout carries the learned kernel)")
+    if path.is_dir():
+        raise UsageError(f"--to {path}: is a directory")
+    check_writable(Path(os.path.realpath(path)))
+    _remove_stale_temps([Path(os.path.realpath(path)).parent])
     if not NAME_RE.match(name):
         raise UsageError(f"--save {name!r}: use lowercase words joined by hyphens, e.g. my-edge")
     if name in library and not overwrite:
@@ -936,7 +979,12 @@ def bench(repeat, workdir, samples, only, quality, device, as_json, quiet):
         raise UsageError(f"{samples_dir}: no sample photos here; pass --samples DIR (the repository's samples/)")
     wanted = [w.strip().upper() for w in only.split(",")] if only else None
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kernelcli-bench-"))
+    mark = work / ".kernelcli-bench"  # bench replaces its own files here on every run: only in its own folder
+    if workdir == "-" or (work.is_dir() and any(work.iterdir()) and not mark.exists()):
+        raise UsageError(f"--workdir {workdir}: not a new or empty folder, nor one made by kernelcli bench; "
+                         "bench replaces files in it, so give a new or empty folder")
     work.mkdir(parents=True, exist_ok=True)
+    mark.touch()
     log = (lambda m: None) if quiet else say
     log(f"workloads in {work}")
     data = run_bench(work, samples_dir, repeat=repeat, quality=quality, device=device, only=wanted, log=log)

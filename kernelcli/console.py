@@ -5,18 +5,29 @@ from __future__ import annotations
 import sys
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (newlines, ESC sequences, C1 codes): a file
+    name can never break a line or drive the terminal. Every stderr message passes here."""
+    return "".join(
+        _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 32 or 127 <= ord(c) < 160 else c) for c in str(text)
+    )
+
+
 def say(message: str, *, quiet: bool = False) -> None:
     """A status line on stderr (silenced by -q)."""
     if not quiet:
-        print(message, file=sys.stderr)
+        print(printable(message), file=sys.stderr)
 
 
 def warn(message: str) -> None:
-    print(f"kernelcli: warning: {message}", file=sys.stderr)
+    print(f"kernelcli: warning: {printable(message)}", file=sys.stderr)
 
 
 def error(message: str) -> None:
-    print(f"kernelcli: error: {message}", file=sys.stderr)
+    print(f"kernelcli: error: {printable(message)}", file=sys.stderr)
 
 
 def stdout_console():

@@ -7,6 +7,7 @@ bit depth (``None`` for raw numbers from .npy/.csv or float images).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -326,24 +327,84 @@ def flatten(raster: Raster, background) -> Raster:
     return replace(raster, pixels=pixels, alpha=None)
 
 
-def _umask() -> int:
+def _read_umask() -> int:
+    """The process umask, read once at import (start-up): from /proc where it can be read
+    without changing it, else by setting and restoring it before any thread writes files."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
+
+
+TEMP_PREFIX = ".kc-"  # kernelcli's temporary files: .kc-PID-RANDOM.part, short whatever the real name
+TEMP_SUFFIX = ".part"
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove temporary files of kernelcli's own naming in ``folder`` whose process is gone
+    (left by kill -9 or a crash); returns them. Others' temp files, and those of a
+    kernelcli still running, are left alone."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+            continue
+        pid = name[len(TEMP_PREFIX):].partition("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path = Path(folder) / name
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 
-    The real name never holds a partial file; the temporary file is removed on any error.
-    Without ``overwrite`` an existing file is never replaced, even one that appears meanwhile.
+    The real name never holds a partial file; the temporary file (``.kc-PID-RANDOM.part``,
+    short whatever the real name's length) is removed on any error and on Ctrl-C/SIGTERM.
+    Missing parent folders are created (one rule for every output). Without ``overwrite``
+    an existing file is never replaced, even one that appears meanwhile. Raises WriteError
+    when the destination fails (stops a batch) and ImageError when only this output cannot
+    be written (a name too long, a folder in the way).
     """
     path = Path(path)
     folder = path.parent
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX)
     except OSError as exc:
-        raise WriteError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -355,12 +416,27 @@ def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> N
                 os.link(tmp, path)  # fails if path exists: no clobbering, atomically
             except FileExistsError:
                 raise ImageError(f"{path}: already exists; pass --overwrite to replace it") from None
-            except OSError:  # file systems without hard links
-                if path.exists():
+            except OSError as exc:
+                if exc.errno in _THIS_OUTPUT_ONLY:
+                    raise
+                if os.path.lexists(path):  # file systems without hard links
                     raise ImageError(f"{path}: already exists; pass --overwrite to replace it") from None
                 os.replace(tmp, path)
     except OSError as exc:
-        raise WriteError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise _write_error(path, exc) from None
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+_THIS_OUTPUT_ONLY = (errno.ENAMETOOLONG, errno.EISDIR)
+
+
+def _write_error(path: Path, exc: OSError) -> ImageError:
+    """A name too long or a folder in the way fails this output only; anything else is the
+    destination failing (disk full, read-only, no permission)."""
+    if exc.errno == errno.EISDIR or (exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and path.is_dir()):
+        return ImageError(f"{path}: is a directory; refusing to replace it")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ImageError(f"{path}: file name too long")
+    return WriteError(f"{path}: cannot write: {exc.strerror or exc}")

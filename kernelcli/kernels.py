@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -398,7 +399,7 @@ def save_kernel(path: str | Path, name: str, weights, description: str, *, overw
     anew from its parsed kernels (its comments are not kept)."""
     from .images import write_atomic
 
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # a link to a library file: write through to its target
     kernel = Kernel(name=name, matrix=check_matrix([[float(v) for v in row] for row in weights], f"kernel {name!r}",
                                                    max_kernel=max_kernel),
                     description=description)
@@ -416,7 +417,6 @@ def save_kernel(path: str | Path, name: str, weights, description: str, *, overw
         except KernelFileError:
             text = header + "".join(entry_yaml(k) for k in existing) + entry_yaml(kernel)
     _FileParser(str(path), max_kernel).parse(text)  # never write a file kernelcli cannot read back
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text.encode("utf-8"), overwrite=True)
 
 
