@@ -234,8 +234,32 @@ def _limits(max_pixels=100_000_000, allow_truncated=False):
     return Limits(max_pixels=max_pixels, allow_truncated=allow_truncated)
 
 
-FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF",
-           "bmp": "BMP", "npy": "NPY", "csv": "CSV"}
+class FormatChoice(click.Choice):
+    """The --format words of the one format table (kernelcli.images.FORMATS); ``images_only``
+    leaves out the arrays. Looked up when first needed, so that importing the CLI stays light."""
+
+    def __init__(self, images_only: bool = False):
+        self.images_only = images_only
+        super().__init__((), case_sensitive=False)
+
+    @property
+    def choices(self):
+        from .images import ARRAY_FORMATS, FORMATS
+
+        return tuple(e for e, f in FORMATS.items() if not (self.images_only and f in ARRAY_FORMATS))
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+def _format_named(fmt):
+    """The format of a --format word (None stays None)."""
+    from .images import FORMATS
+
+    return FORMATS[fmt.lower()] if fmt else None
+
+
 EXIT_CODES_BATCH = (
     "Exit codes: 0 all done; 1 runtime failure (a single input failed, or the destination "
     "failed); 2 usage or configuration error, before any work; 3 the batch finished but some "
@@ -258,7 +282,7 @@ EXIT_CODES_BATCH = (
 @click.option("--files-from", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
               help="Read input paths from FILE (- for stdin), one per line.")
 @click.option("-0", "--null", is_flag=True, help="--files-from list is NUL-separated (find -print0).")
-@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), help="Output format (converts on the way).")
+@click.option("--format", "fmt", type=FormatChoice(), help="Output format (converts on the way).")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input).")
 @click.option("--skip-existing", is_flag=True, help="Keep existing outputs and skip their inputs (resume a run).")
@@ -360,7 +384,7 @@ def _single(source, output, fmt, overwrite, render, suffix=None, limits=None):
     """Read one input (a file or - for stdin), render it to bytes, write one output (a file,
     or - for stdout). Without ``output``, the result goes beside the input as
     ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work."""
-    from .images import extension_for, read
+    from .images import FORMATS, extension_for, read
 
     _route_warnings()
     _check_input(source)
@@ -369,13 +393,14 @@ def _single(source, output, fmt, overwrite, render, suffix=None, limits=None):
             output = "-"
         else:
             stem, ext = os.path.splitext(source)
-            output = f"{stem}-{suffix}{extension_for(FORMATS[fmt]) if fmt else ext}"
+            output = f"{stem}-{suffix}{extension_for(_format_named(fmt)) if fmt else ext}"
     out_fmt = _check_output(output, fmt, overwrite, [source])
     limits = limits or _limits()
     raster = read(source, _read_stdin(limits.max_bytes) if source == "-" else None, limits)
     for note in raster.notes:
         warn(note)
     out_fmt = out_fmt or (raster.format if raster.format in FORMATS.values() else "PNG")
+    _check_terminal(output, out_fmt)
     _emit(output, render(raster, out_fmt, output), overwrite)
 
 
@@ -395,9 +420,8 @@ def _check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
     from .images import format_for_path
 
     if output == "-":
-        if sys.stdout.isatty():
-            raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
-        return FORMATS[fmt] if fmt else None
+        _check_terminal(output, _format_named(fmt) or _stdout_format_of(inputs))
+        return _format_named(fmt)
     out_fmt = _check_format(format_for_path(output), fmt, output)
     if os.path.exists(output):
         if any(p != "-" and os.path.exists(p) and os.path.samefile(p, output) for p in inputs):
@@ -405,6 +429,24 @@ def _check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
         if not overwrite:
             raise UsageError(f"{output}: already exists; pass --overwrite to replace it")
     return out_fmt
+
+
+def _stdout_format_of(inputs) -> str | None:
+    """The format stdout gets without --format from a single file input: an array stays an
+    array (a .csv prints as CSV), an image stays binary. None when it is not known yet (stdin)."""
+    from .images import FORMATS
+
+    if len(inputs) != 1 or inputs[0] == "-":
+        return None
+    return FORMATS.get(Path(inputs[0]).suffix.lower()[1:], "image")
+
+
+def _check_terminal(output: str, out_fmt: str | None) -> None:
+    """Text (CSV) may print at a terminal; binary data is refused there (usage error)."""
+    from .images import TEXT_FORMATS
+
+    if output == "-" and out_fmt is not None and out_fmt not in TEXT_FORMATS and sys.stdout.isatty():
+        raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
 
 
 def _emit(output: str, data: bytes, overwrite: bool, detail: str = "") -> None:
@@ -430,7 +472,7 @@ def _read_stdin(limit: int = 1 << 30) -> bytes:
 
 
 def _check_format(out_fmt, fmt, output):
-    if fmt and FORMATS[fmt] != out_fmt:
+    if fmt and _format_named(fmt) != out_fmt:
         raise UsageError(f"--format {fmt} does not match the output name {output}")
     return out_fmt
 
@@ -468,6 +510,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         output.endswith(("/", os.sep)) or os.path.isdir(output) or len(inputs) + len(listed) > 1
         or any(os.path.isdir(p) for p in inputs) or (each and len(job.kernels) > 1)
     )
+    _check_folder_output(output, dir_mode, inputs, listed, each and len(job.kernels) > 1)
     sources, bad = batch.find_inputs(inputs, recursive=recursive, include=include, exclude=exclude,
                                      listed=listed, avoid=output if dir_mode else None)
     if not sources and not bad:
@@ -487,7 +530,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         template = "{stem}{ext}" if dir_mode and not each else "{stem}-{kernel}{ext}"
 
     def ext_for(source):
-        return extension_for(FORMATS[fmt]) if fmt else source.path.suffix
+        return extension_for(_format_named(fmt)) if fmt else source.path.suffix
 
     jobs_ = batch.plan(sources, groups, out_dir=output if dir_mode else None, out_file=out_file, template=template,
                        ext_for=ext_for, overwrite=overwrite, skip_existing=skip_existing)
@@ -562,6 +605,21 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     ctx.exit(code or report.exit_code)
 
 
+def _check_folder_output(output, dir_mode, inputs, listed, each) -> None:
+    """-o names a folder when there are several outputs; a name with a file format's extension
+    (out.png) is then a mistake, never a folder to create."""
+    from .images import FORMATS
+
+    suffix = Path(output).suffix.lower()[1:] if output else ""
+    if not dir_mode or suffix not in FORMATS or output.endswith(("/", os.sep)) or os.path.isdir(output):
+        return
+    why = ("--each writes one output per kernel" if each
+           else "a folder input gives several outputs" if any(os.path.isdir(p) for p in inputs)
+           else f"{len(inputs) + len(listed)} inputs give several outputs")
+    raise UsageError(f"{output}: -o names one .{suffix} file but {why}; give -o a folder (e.g. out/) "
+                     "or a single input")
+
+
 def _raise_terminated(signum, frame):
     from .batch import Terminated
 
@@ -593,7 +651,7 @@ def _share_threads(workers: int) -> None:
               help="Long side of each cell; inputs are downscaled before filtering. full keeps them.")
 @click.option("--gap", default=8, show_default=True, type=click.IntRange(min=0), help="Pixels between cells.")
 @click.option("--background", default="white", show_default=True, metavar="COLOR", help="Sheet colour.")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"]),
+@click.option("--format", "fmt", type=FormatChoice(images_only=True),
               help="Format for stdout  [default: png].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @input_limit_options
@@ -655,6 +713,7 @@ def _sheet_output(output, fmt, overwrite, inputs=()) -> str:
     from .images import IMAGE_FORMATS
 
     out_fmt = _check_output(output, fmt, overwrite, inputs) or "PNG"
+    _check_terminal(output, out_fmt)
     if out_fmt not in IMAGE_FORMATS:
         raise UsageError(f"{output}: a picture needs an image format such as .png")
     return out_fmt
@@ -675,7 +734,7 @@ def single_io_options(f):
     for option in reversed([
         click.argument("source", metavar="INPUT", type=click.Path(allow_dash=True)),
         click.option("-o", "--output", metavar="PATH", help="Output file or - for stdout  [default: beside INPUT]."),
-        click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), help="Output format for stdout."),
+        click.option("--format", "fmt", type=FormatChoice(), help="Output format for stdout."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output file."),
         click.option("--device", metavar="DEV", envvar="KERNELCLI_DEVICE", help="auto | cpu | cuda | cuda:N | mps."),
     ]):
@@ -927,11 +986,17 @@ def bench(repeat, workdir, samples, only, quality, device, as_json, quiet):
     if not (samples_dir / "camera.png").exists():
         raise UsageError(f"{samples_dir}: no sample photos here; pass --samples DIR (the repository's samples/)")
     wanted = [w.strip().upper() for w in only.split(",")] if only else None
+    import shutil
+
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kernelcli-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     log = (lambda m: None) if quiet else say
     log(f"workloads in {work}")
-    data = run_bench(work, samples_dir, repeat=repeat, quality=quality, device=device, only=wanted, log=log)
+    try:
+        data = run_bench(work, samples_dir, repeat=repeat, quality=quality, device=device, only=wanted, log=log)
+    finally:
+        if not workdir:  # our own temporary folder; a --workdir is the user's and stays
+            shutil.rmtree(work, ignore_errors=True)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

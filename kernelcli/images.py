@@ -62,22 +62,31 @@ class Raster:
         return self.pixels.shape[-2], self.pixels.shape[-1]
 
 
+# The one table of output formats: a file extension (also the --format word) → the format.
+# It decides what -o NAME writes and which --format words the commands accept.
+FORMATS = {
+    "png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP",
+    "gif": "GIF", "ppm": "PPM", "pgm": "PPM", "pbm": "PPM", "pnm": "PPM", "tga": "TGA",
+    "npy": "NPY", "csv": "CSV", "txt": "CSV",
+}
+TEXT_FORMATS = ("CSV",)  # printable at a terminal; every other format is binary
+
+
 def format_for_path(path: str | Path) -> str:
     """The output format implied by a file name (e.g. 'PNG' for x.png, 'NPY' for x.npy)."""
     ext = Path(path).suffix.lower()
-    if ext in _ARRAY_EXT:
-        return _ARRAY_EXT[ext]
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None or fmt not in IMAGE_FORMATS:
+    fmt = FORMATS.get(ext[1:]) if ext else None
+    if fmt is None:
         raise UsageError(
             f"{path}: cannot tell the output format from {ext or 'no extension'!r}; "
-            "use .png, .jpg, .webp, .tif, .bmp, .npy or .csv, or --format"
+            f"use {', '.join('.' + e for e in FORMATS)}, or --format"
         )
     return fmt
 
 
 def extension_for(fmt: str) -> str:
-    return {"JPEG": ".jpg", "TIFF": ".tif", "NPY": ".npy", "CSV": ".csv", "PPM": ".ppm"}.get(fmt, f".{fmt.lower()}")
+    """The usual extension of a format: the first of the table's names for it."""
+    return "." + next(ext for ext, f in FORMATS.items() if f == fmt)
 
 
 # --------------------------------------------------------------------------- reading

@@ -1,0 +1,242 @@
+"""What a new user trips over (issue 13): text at a terminal, name typos, image-like -o for
+many outputs, one format table, inline divisors, CSV on stdin, leftovers, shell completion."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import gray_image, run, scipy_correlate
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+
+
+def at_terminal(*args, cwd=ROOT, timeout=60):
+    """Run kernelcli with stdout on a real pseudo-terminal; returns (exit code, stdout, stderr)."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "kernelcli", *map(str, args)], stdout=slave,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:
+                raise AssertionError(f"kernelcli {args} printed nothing for {timeout} s")
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child has closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        err = proc.stderr.read()
+        code = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(master)
+        proc.stderr.close()
+    return code, out.decode().replace("\r\n", "\n"), err.decode()
+
+
+# ---------------------------------------------------------------- 1. text prints at a terminal
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["apply", "-k", "0 1; 2 3", "--padding", "valid", "samples/example-3x3.csv", "-o", "-"], "19,25\n37,43\n"),
+    (["pool", "--op", "max", "--size", "2", "samples/example-5x5.csv", "-o", "-"], None),
+    (["transpose", "-k", "0 1; 2 3", "samples/example-2x2.csv", "-o", "-"], "0,0,1\n0,4,6\n4,12,9\n"),
+    (["apply", "-k", "identity", "samples/example-3x3.csv", "--format", "csv", "-o", "-"], None),
+])
+def test_csv_results_print_at_a_terminal(args, expected):
+    code, out, err = at_terminal(*args)
+    assert code == 0, err
+    assert err == ""
+    rows = [list(map(float, line.split(","))) for line in out.splitlines()]
+    assert rows and all(len(r) == len(rows[0]) for r in rows)
+    if expected is not None:
+        assert out == expected
+
+
+def test_image_data_is_still_refused_at_a_terminal(tmp_path):
+    code, out, err = at_terminal("apply", "-k", "blur", SAMPLES / "camera.png", "-o", "-")
+    assert (code, out) == (2, "")
+    assert err == "kernelcli: error: refusing to write image data to a terminal; redirect stdout or use -o FILE\n"
+    code, out, _ = at_terminal("apply", "-k", "blur", "samples/example-3x3.csv", "--format", "png", "-o", "-")
+    assert (code, out) == (2, "")
+    code, out, _ = at_terminal("grid", "-k", "blur", "samples/example-3x3.csv", "-o", "-")
+    assert (code, out) == (2, "")
+
+
+# ---------------------------------------------------------------- 2. names, not numbers
+
+
+@pytest.mark.parametrize("args, message", [
+    (["apply", "-k", "Sharpen", "{img}"], "unknown kernel 'Sharpen'; did you mean 'sharpen'?"),
+    (["apply", "-k", "sobel_right", "{img}"], "unknown kernel 'sobel_right'; did you mean 'sobel-right'?"),
+    (["apply", "-k", "SOBEL_Rght", "{img}"], "unknown kernel 'SOBEL_Rght'; did you mean 'sobel-right'?"),
+    (["grid", "-k", "Blur", "{img}", "-o", "{tmp}/g.png"], "unknown kernel 'Blur'; did you mean 'blur'?"),
+    (["kernels", "show", "Sharpen"], "unknown kernel 'Sharpen'; did you mean 'sharpen'?"),
+    (["apply", "-k", "Gaussian-5x5", "{img}"], "unknown kernel 'Gaussian-5x5'; did you mean 'gaussian-5x5'?"),
+    (["apply", "-k", "gausian:2", "{img}"], "unknown kernel generator 'gausian' in 'gausian:2'; did you mean "
+     "'gaussian'? known generators: gaussian, box, motion, log, dog, unsharp"),
+    (["kernels", "show", "Sharpen@90"], "unknown kernel 'Sharpen'; did you mean 'sharpen'?"),
+])
+def test_a_spec_shaped_like_a_word_is_a_name_with_a_suggestion(tmp_path, rng, args, message):
+    img, _ = gray_image(tmp_path, rng, (6, 6), "in.png")
+    result = run(*[a.format(img=img, tmp=tmp_path) for a in args])
+    assert result.exit_code == 2
+    assert result.stderr == f"kernelcli: error: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_a_name_far_from_every_kernel_points_to_the_list(tmp_path, rng):
+    img, _ = gray_image(tmp_path, rng, (6, 6), "in.png")
+    result = run("apply", "-k", "xyzzy", img)
+    assert result.stderr == "kernelcli: error: unknown kernel 'xyzzy'; see 'kernelcli kernels list'\n"
+
+
+# ---------------------------------------------------------------- inline divisors
+
+
+@pytest.mark.parametrize("spec, weights", [
+    ("1 2 1; 2 4 2; 1 2 1 / 16", np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16),
+    ("1 2 1; 2 4 2; 1 2 1 / sum", np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16),
+    ("[[1, 1], [1, 2]] / 5", np.array([[1, 1], [1, 2]]) / 5),
+    ("0 -1 0; -1 5 -1; 0 -1 0 / -2", np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]]) / -2),
+    ("1/16 1/8 1/16", np.array([[1 / 16, 1 / 8, 1 / 16]])),  # fractions as cells, no divisor
+])
+def test_inline_kernels_may_carry_a_divisor(tmp_path, rng, spec, weights):
+    x = rng.normal(0, 50, (9, 11))
+    np.save(tmp_path / "x.npy", x)
+    result = run("apply", "-k", spec, tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert result.exit_code == 0, result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), scipy_correlate(x, weights, "replicate"), atol=1e-9)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("1 -1 / sum", "kernel '1 -1 / sum': the weights sum to 0; '/ sum' cannot normalise them"),
+    ("1 2 1 / 0", "kernel '1 2 1 / 0': the divisor is 0"),
+    ("1 2 1 / x", "kernel '1 2 1 / x', divisor: 'x' is not a number"),
+])
+def test_bad_inline_divisors_are_usage_errors(spec, message):
+    result = run("kernels", "show", spec)
+    assert result.exit_code == 2
+    assert result.stderr == f"kernelcli: error: {message}\n"
+
+
+# ---------------------------------------------------------------- 7. an image name is not a folder
+
+
+@pytest.mark.parametrize("inputs, flags, why", [
+    (["photos"], [], "a folder input gives several outputs"),
+    (["photos/a.png", "photos/b.png"], [], "2 inputs give several outputs"),
+    (["photos/a.png"], ["-k", "sharpen", "--each"], "--each writes one output per kernel"),
+])
+def test_an_image_like_output_for_several_outputs_is_a_usage_error(tmp_path, rng, inputs, flags, why):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    gray_image(photos, rng, (6, 6), "a.png")
+    gray_image(photos, rng, (6, 6), "b.png")
+    result = run("apply", "-k", "blur", *flags, *[tmp_path / i for i in inputs], "-o", tmp_path / "out9.png")
+    assert result.exit_code == 2
+    assert result.stderr == (f"kernelcli: error: {tmp_path / 'out9.png'}: -o names one .png file but {why}; "
+                             "give -o a folder (e.g. out/) or a single input\n")
+    assert not (tmp_path / "out9.png").exists()
+    assert sorted(p.name for p in photos.iterdir()) == ["a.png", "b.png"]
+
+
+def test_a_folder_output_with_a_slash_still_works(tmp_path, rng):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    gray_image(photos, rng, (6, 6), "a.png")
+    result = run("apply", "-k", "blur", photos, "-o", f"{tmp_path}/out.d/")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out.d" / "a.png").is_file()
+
+
+# ---------------------------------------------------------------- 8. one format table
+
+
+def test_every_output_extension_is_a_format_word_and_back():
+    from kernelcli.cli import FormatChoice
+    from kernelcli.images import ARRAY_FORMATS, FORMATS, format_for_path
+
+    assert set(FormatChoice().choices) == set(FORMATS)
+    assert set(FormatChoice(images_only=True).choices) == {e for e, f in FORMATS.items() if f not in ARRAY_FORMATS}
+    for ext, fmt in FORMATS.items():
+        assert format_for_path(f"x.{ext}") == fmt
+    assert "gif" in FORMATS
+
+
+@pytest.mark.parametrize("command", [["apply", "-k", "blur"], ["pool"], ["upsample"]])
+def test_format_gif_works_like_a_gif_name(tmp_path, rng, command):
+    img, _ = gray_image(tmp_path, rng, (8, 8), "in.png")
+    by_name = run(*command, img, "-o", tmp_path / "a.gif")
+    assert by_name.exit_code == 0, by_name.stderr
+    by_word = run(*command, img, "--format", "gif", "-o", "-")
+    assert by_word.exit_code == 0, by_word.stderr
+    assert by_word.stdout_bytes == (tmp_path / "a.gif").read_bytes()
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert gif.format == "GIF"
+
+
+def test_grid_takes_the_image_formats_of_the_table(tmp_path, rng):
+    img, _ = gray_image(tmp_path, rng, (8, 8), "in.png")
+    result = run("grid", "-k", "blur", img, "--format", "gif", "-o", "-")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout_bytes[:6] in (b"GIF87a", b"GIF89a")
+    refused = run("grid", "-k", "blur", img, "--format", "npy", "-o", "-")
+    assert refused.exit_code == 2 and "'npy' is not one of" in refused.stderr
+
+
+# ---------------------------------------------------------------- 10. nothing left behind
+
+
+def test_bench_removes_its_temporary_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    import kernelcli.bench
+
+    seen = []
+
+    def fake_bench(work, samples, **kwargs):
+        (work / "w1").mkdir()
+        (work / "w1" / "a.jpg").write_bytes(b"x")
+        seen.append(work)
+        return {"rows": []}
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(kernelcli.bench, "bench", fake_bench)
+    result = run("bench", "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert seen and seen[0].parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "mine"
+    assert run("bench", "--json", "-q", "--workdir", kept).exit_code == 0
+    assert (kept / "w1" / "a.jpg").exists()  # the user's own --workdir stays
+
+
+def test_the_readme_setup_output_is_ignored_by_git():
+    import re
+    import shutil
+
+    from .test_readme import setup_commands
+
+    output = re.search(r" -o (\S+)", setup_commands()[0]).group(1)
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    check = subprocess.run(["git", "check-ignore", "-q", output], cwd=ROOT, timeout=30)
+    assert check.returncode == 0, f"{output} (written by the README's first command) is not in .gitignore"
