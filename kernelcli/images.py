@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -27,6 +28,7 @@ ARRAY_FORMATS = ("NPY", "CSV")
 _ARRAY_EXT = {".npy": "NPY", ".csv": "CSV", ".txt": "CSV"}
 _TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"}
 _NPY_MAGIC = b"\x93NUMPY"
+_CSV_TEXT = re.compile(rb"[\s\d.,eE+-]*\d[\s\d.,eE+-]*")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ def read(source: str | Path, data: bytes | None = None, limits: Limits = Limits(
         raise ImageError(f"{name}: more than {limits.max_bytes} bytes; refused")
     if data.startswith(_NPY_MAGIC):
         return _read_array(name, io.BytesIO(data), "NPY")
+    if _CSV_TEXT.fullmatch(data):  # numbers as text (CSV on stdin): no image starts like that
+        return _read_array(name, io.BytesIO(data), "CSV")
     return _read_image(name, data, limits)
 
 
@@ -120,8 +124,11 @@ def _read_array(name: str, src, fmt: str) -> Raster:
         if fmt == "NPY":
             arr = np.load(src, allow_pickle=False)
         else:
-            with open(src, encoding="utf-8") as fh:
-                text = fh.read()
+            if isinstance(src, io.BytesIO):
+                text = src.getvalue().decode("utf-8")
+            else:
+                with open(src, encoding="utf-8") as fh:
+                    text = fh.read()
             first = text.lstrip().split("\n", 1)[0]
             arr = np.loadtxt(io.StringIO(text), delimiter="," if "," in first else None, ndmin=2)
     except FileNotFoundError:

@@ -240,3 +240,32 @@ def test_the_readme_setup_output_is_ignored_by_git():
         pytest.skip("not a git checkout")
     check = subprocess.run(["git", "check-ignore", "-q", output], cwd=ROOT, timeout=30)
     assert check.returncode == 0, f"{output} (written by the README's first command) is not in .gitignore"
+
+
+# ---------------------------------------------------------------- CSV on stdin
+
+
+@pytest.mark.parametrize("sep", [",", " ", "\t"])
+def test_csv_on_stdin_is_read_like_a_csv_file(rng, sep):
+    x = rng.integers(-99, 100, (7, 9)).astype(float) / 4
+    text = "\n".join(sep.join(f"{v:g}" for v in row) for row in x) + "\n"
+    result = run("apply", "-k", "sobel-right", "-", "-o", "-", input=text.encode())
+    assert result.exit_code == 0, result.stderr
+    got = np.loadtxt(result.stdout.splitlines(), delimiter=",", ndmin=2)
+    np.testing.assert_allclose(got, scipy_correlate(x, [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], "replicate"), atol=1e-9)
+
+
+def test_csv_on_stdin_through_a_real_pipe():
+    data = (SAMPLES / "example-3x3.csv").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "kernelcli", "apply", "-k", "0 1; 2 3", "--padding", "valid",
+                           "-", "-o", "-"], input=data, capture_output=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"19,25\n37,43\n"
+
+
+def test_ragged_csv_on_stdin_is_a_one_line_error():
+    result = run("apply", "-k", "identity", "-", "-o", "-", input=b"1,2\n3\n")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("kernelcli: error: -: not a readable csv array: ")
+    assert result.stderr.count("\n") == 1
