@@ -104,6 +104,26 @@ def load_library(extra=()):
     return KernelLibrary.load(user_kernel_files(extra))
 
 
+def complete_kernels(ctx, param, incomplete):
+    """Shell completion: kernel names and aliases of the library, with the user's files
+    (and --kernels given before on the line). A broken library file completes nothing."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        library = load_library(ctx.params.get("kernel_files") or ())
+    except KernelcliError:
+        return []
+    return [CompletionItem(name, help=k.description) for k in library for name in (k.name, *k.aliases)
+            if name.startswith(incomplete)]
+
+
+def complete_borders(ctx, param, incomplete):
+    """Shell completion: the --border modes (constant takes a value: constant:V)."""
+    from .options import BORDERS
+
+    return [b + (":" if b == "constant" else "") for b in BORDERS if b.startswith(incomplete)]
+
+
 @main.group(context_settings=CONTEXT)
 def kernels():
     """List and inspect the kernel library."""
@@ -149,7 +169,7 @@ def kernels_list(kernel_files, as_json):
 
 
 @kernels.command("show", context_settings=CONTEXT)
-@click.argument("name")
+@click.argument("name", shell_complete=complete_kernels)
 @kernel_files_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, with the effective float weights.")
 @click.option("--image", "image_path", metavar="FILE", help="Also draw the kernel as a heatmap picture (- for stdout).")
@@ -186,7 +206,7 @@ def geometry_options(f):
     for option in reversed(
         [
             click.option("--border", default="replicate", show_default=True, metavar="MODE",
-                         help="replicate | reflect | symmetric | circular | zeros | constant:V."),
+                         shell_complete=complete_borders, help="replicate | reflect | symmetric | circular | zeros | constant:V."),
             click.option("--padding", default="same", show_default=True, metavar="same|valid|N",
                          help="same keeps the size; valid adds none; N pads N pixels a side."),
             click.option("--stride", default=1, show_default=True, type=click.IntRange(min=1)),
@@ -268,7 +288,7 @@ EXIT_CODES_BATCH = (
 
 
 @main.command(context_settings=CONTEXT, epilog=EXIT_CODES_BATCH)
-@click.option("-k", "--kernel", "kernel_specs", multiple=True, required=True, metavar="KERNEL",
+@click.option("-k", "--kernel", "kernel_specs", multiple=True, shell_complete=complete_kernels, required=True, metavar="KERNEL",
               help='Kernel name or inline matrix ("0,-1,0; -1,5,-1; 0,-1,0"); repeat to chain.')
 @click.argument("inputs", nargs=-1, metavar="INPUT...", type=click.Path(allow_dash=True))
 @click.option("-o", "--output", metavar="PATH", help="Output file, folder (several inputs, a folder input, "
@@ -638,7 +658,7 @@ def _share_threads(workers: int) -> None:
 
 @main.command(context_settings=CONTEXT, epilog="Exit codes: 0 ok; 1 an input could not be read or the "
               "output written; 2 usage or configuration error.")
-@click.option("-k", "--kernel", "kernel_specs", multiple=True, metavar="KERNEL", help="A column per kernel; repeatable.")
+@click.option("-k", "--kernel", "kernel_specs", multiple=True, shell_complete=complete_kernels, metavar="KERNEL", help="A column per kernel; repeatable.")
 @click.option("--all", "all_kernels", is_flag=True, help="Every kernel of the library (with yours), "
               "but the multi-channel ones.")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path(allow_dash=True))
@@ -801,7 +821,7 @@ def upsample(factor, source, output, fmt, overwrite, device):
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("-k", "--kernel", "spec", required=True, metavar="KERNEL", help="Kernel name or inline matrix.")
+@click.option("-k", "--kernel", "spec", required=True, metavar="KERNEL", shell_complete=complete_kernels, help="Kernel name or inline matrix.")
 @click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--padding", type=click.IntRange(min=0), default=0, show_default=True,
               help="Rows/columns cropped from each side of the full result.")
@@ -835,7 +855,8 @@ def transpose(spec, stride, padding, dilation, map_mode, kernel_files, source, o
 @click.argument("target", metavar="TARGET", type=click.Path(exists=True, dir_okay=False))
 @click.option("--size", "size_text", default="3x3", show_default=True, metavar="HxW", help="Kernel size to learn.")
 @click.option("--per-channel", is_flag=True, help="One kernel per colour channel instead of one for all.")
-@click.option("--border", default="replicate", show_default=True, metavar="MODE", help="As in apply.")
+@click.option("--border", default="replicate", show_default=True, metavar="MODE", help="As in apply.",
+              shell_complete=complete_borders)
 @click.option("--padding", default="same", show_default=True, metavar="same|valid|N", help="As in apply.")
 @click.option("--stride", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--dilation", default=1, show_default=True, type=click.IntRange(min=1))

@@ -269,3 +269,68 @@ def test_ragged_csv_on_stdin_is_a_one_line_error():
     assert result.exit_code == 1
     assert result.stderr.startswith("kernelcli: error: -: not a readable csv array: ")
     assert result.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------- shell completion
+
+
+def complete(shell, words, cword, env=None):
+    """Ask kernelcli what the shell would offer, as the shell's own script does."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "_KERNELCLI_COMPLETE": f"{shell}_complete",
+               "COMP_WORDS": words, "COMP_CWORD": str(cword), **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "kernelcli"], env=environ, capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    if shell == "bash":
+        return [line.split(",", 1)[1] for line in proc.stdout.splitlines() if line]
+    if shell == "zsh":  # type, value, help: three lines per item
+        return proc.stdout.splitlines()[1::3]
+    return [line.split(",", 1)[1].split("\t")[0] for line in proc.stdout.splitlines()]
+
+
+def test_bash_completes_kernel_names_borders_and_commands(tmp_path):
+    assert complete("bash", "kernelcli apply -k sobel-r", 3) == ["sobel-right"]
+    assert set(complete("bash", "kernelcli apply -k sob", 3)) >= {"sobel-left", "sobel-right", "sobel-top", "sobel"}
+    assert complete("bash", "kernelcli kernels show gaussian-", 3) == ["gaussian-3x3", "gaussian-5x5"]
+    assert complete("bash", "kernelcli grid -k bl", 3) == ["blur"]
+    assert "laplacian" in complete("bash", "kernelcli transpose -k lap", 3)
+    assert complete("bash", "kernelcli apply --border re", 3) == ["replicate", "reflect"]
+    assert complete("bash", "kernelcli apply --border ", 3) == [
+        "replicate", "reflect", "symmetric", "circular", "zeros", "constant:"]
+    assert complete("bash", "kernelcli learn a b --border c", 5) == ["circular", "constant:"]
+    assert complete("bash", "kernelcli ", 1) == ["apply", "bench", "explain", "grid", "kernels", "learn",
+                                                 "pool", "transpose", "upsample"]
+    assert complete("bash", "kernelcli kernels ", 2) == ["list", "show"]
+
+
+def test_completion_includes_the_users_kernel_files(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("version: 1\nkernels:\n  my-edge:\n    description: mine\n    matrix: [[1, -1]]\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("version: 1\nkernels:\n  my-blob:\n    description: other\n    matrix: [[1]]\n")
+    assert complete("bash", "kernelcli apply -k my-", 3, {"KERNELCLI_KERNELS": str(mine)}) == ["my-edge"]
+    assert complete("bash", f"kernelcli apply --kernels {other} -k my-", 5) == ["my-blob"]
+    config = tmp_path / "config"
+    (config / "kernelcli").mkdir(parents=True)
+    (config / "kernelcli" / "kernels.yaml").write_text(mine.read_text())
+    assert complete("bash", "kernelcli kernels show my-", 3, {"XDG_CONFIG_HOME": str(config)}) == ["my-edge"]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kernels: [")
+    assert complete("bash", "kernelcli apply -k sob", 3, {"KERNELCLI_KERNELS": str(broken)}) == []
+
+
+def test_zsh_and_fish_complete_too():
+    assert complete("zsh", "kernelcli apply -k sobel-r", 3) == ["sobel-right"]
+    assert complete("fish", "kernelcli apply -k sobel-r", "sobel-r") == ["sobel-right"]
+    assert complete("fish", "kernelcli apply --border zer", "zer") == ["zeros"]
+
+
+def test_readme_tells_how_to_enable_completion_for_each_shell():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Shell completion", 1)[1].split("\n## ", 1)[0]
+    for shell in ("bash", "zsh", "fish"):
+        line = next(line for line in section.splitlines() if f"_KERNELCLI_COMPLETE={shell}_source kernelcli" in line)
+        assert line
+        proc = subprocess.run([sys.executable, "-m", "kernelcli"], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "_KERNELCLI_COMPLETE": f"{shell}_source"})
+        assert proc.returncode == 0 and "_KERNELCLI_COMPLETE" in proc.stdout
