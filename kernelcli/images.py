@@ -137,10 +137,9 @@ def _read_array(name: str, src, fmt: str) -> Raster:
         raise ImageError(f"{name}: not a readable {fmt.lower()} array: {exc}") from None
     if arr.dtype.kind not in "biuf":
         raise ImageError(f"{name}: array of {arr.dtype} is not numeric")
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or 0 in arr.shape:
-        raise ImageError(f"{name}: array of shape {arr.shape}; expected H×W or C×H×W")
+    if arr.ndim != 3 and arr.ndim != 2 or 0 in arr.shape:
+        raise ImageError(f"{name}: array of shape {arr.shape}; expected H×W or H×W×C")
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # arrays are H×W×C, as numpy images
     dtype = np.float64 if arr.dtype in (np.float64, np.int64, np.uint64, np.int32, np.uint32) else np.float32
     pixels = arr.astype(dtype)
     if not np.isfinite(pixels).all():
@@ -284,8 +283,8 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
     if raster.alpha is not None and fmt == "JPEG" and background is not None:
         raster = flatten(raster, background)
     if fmt == "NPY":
-        arr = raster.pixels[0] if raster.pixels.shape[0] == 1 else raster.pixels
-        np.save(buf, arr, allow_pickle=False)
+        arr = raster.pixels[0] if raster.pixels.shape[0] == 1 else raster.pixels.transpose(1, 2, 0)  # H×W×C
+        np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
         return buf.getvalue()
     if fmt == "CSV":
         if raster.pixels.shape[0] != 1:

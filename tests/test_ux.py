@@ -334,3 +334,39 @@ def test_readme_tells_how_to_enable_completion_for_each_shell():
         proc = subprocess.run([sys.executable, "-m", "kernelcli"], capture_output=True, text=True, timeout=60,
                               env={**os.environ, "PYTHONPATH": str(ROOT), "_KERNELCLI_COMPLETE": f"{shell}_source"})
         assert proc.returncode == 0 and "_KERNELCLI_COMPLETE" in proc.stdout
+
+
+# ---------------------------------------------------------------- 5. one array layout
+
+
+def test_cli_and_api_agree_on_colour_arrays(tmp_path, rng):
+    import kernelcli
+
+    rgb = rng.integers(0, 256, (7, 10, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "in.png")
+    assert run("apply", "-k", "sharpen", tmp_path / "in.png", "-o", tmp_path / "a.npy").exit_code == 0
+    a = np.load(tmp_path / "a.npy")
+    assert a.shape == (7, 10, 3)  # H×W×C, like np.asarray(Image.open(...))
+    sharpen = [[0, -1, 0], [-1, 5, -1], [0, -1, 0]]
+    reference = np.stack([scipy_correlate(rgb[..., c].astype(float), sharpen, "replicate") for c in range(3)], -1)
+    np.testing.assert_allclose(a, reference, atol=1e-4)
+    np.testing.assert_allclose(kernelcli.apply(rgb.astype(np.float64), "sharpen"), a, atol=1e-4)
+    # the case: an array the command wrote, filtered further by the command and by the API
+    assert run("apply", "-k", "blur", tmp_path / "a.npy", "-o", tmp_path / "b.npy").exit_code == 0
+    by_cli = np.load(tmp_path / "b.npy")
+    by_api = kernelcli.apply(np.load(tmp_path / "a.npy"), "blur")
+    assert by_cli.shape == by_api.shape == (7, 10, 3)
+    np.testing.assert_allclose(by_cli, by_api, atol=1e-4)
+    blur = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+    np.testing.assert_allclose(by_cli[..., 2], scipy_correlate(a[..., 2], blur, "replicate"), atol=1e-3)
+
+
+def test_a_numpy_colour_array_reads_as_channels_last(tmp_path, rng):
+    x = rng.normal(0, 10, (5, 6, 3))
+    np.save(tmp_path / "x.npy", x)
+    result = run("apply", "-k", "identity", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert result.exit_code == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), x)
+    np.save(tmp_path / "bad.npy", np.zeros((2, 2, 2, 2)))
+    bad = run("apply", "-k", "identity", tmp_path / "bad.npy", "-o", tmp_path / "z.npy")
+    assert bad.exit_code == 1 and "array of shape (2, 2, 2, 2); expected H×W or H×W×C" in bad.stderr
