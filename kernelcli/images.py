@@ -14,6 +14,7 @@ import struct
 import tempfile
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -200,6 +201,8 @@ def _decode(name: str, data: bytes, limits: Limits) -> Raster:
                 f"{name}: refused, {width}x{height} is over the limit of {limits.max_pixels} pixels "
                 f"or {limits.max_side} a side (--max-pixels raises it)"
             )
+        if _is_deep_colour(img, data):  # Pillow would make it 8-bit: decode it with numpy instead
+            return _read_deep_colour(name, img, data)
         try:
             img.load()
         except OSError as exc:
@@ -224,6 +227,77 @@ def _decode(name: str, data: bytes, limits: Limits) -> Raster:
         hint = "; --allow-truncated accepts it" if "truncated" in str(exc) else ""
         raise ImageError(f"{name}: cannot decode image: {exc or type(exc).__name__}{hint}") from None
     return replace(raster, format=fmt, icc_profile=icc, exif=exif_bytes, notes=notes)
+
+
+# 16-bit colour (RGB, RGBA, gray+alpha) in PNG and TIFF: Pillow holds only 8-bit colour, so these
+# go through pypng and tifffile as numpy arrays, both ways; never a silent 8-bit result.
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # EXIF orientation → the turn that makes it upright
+
+
+def _is_deep_colour(img: Image.Image, data: bytes) -> bool:
+    """Whether the header says 16-bit samples with colour or alpha."""
+    if img.format == "PNG":  # IHDR comes first: bit depth at byte 24, colour type at 25
+        return len(data) > 25 and data[24] == 16 and data[25] in (2, 4, 6)
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258, 1)
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return img.tag_v2.get(277, 1) > 1 and 16 in bits
+    return False
+
+
+def _read_deep_colour(name: str, img: Image.Image, data: bytes) -> Raster:
+    import png
+    import tifffile
+
+    try:
+        if img.format == "PNG":
+            width, height, rows, info = png.Reader(bytes=data).asDirect()
+            arr = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, info["planes"])
+        else:
+            arr = tifffile.imread(io.BytesIO(data), key=0)
+    except (png.Error, tifffile.TiffFileError, ValueError, OSError, EOFError, KeyError, IndexError,
+            NotImplementedError, struct.error, zlib.error) as exc:
+        raise ImageError(f"{name}: cannot decode 16-bit colour {img.format}: {exc or type(exc).__name__}") from None
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (2, 3, 4):
+        raise ImageError(f"{name}: 16-bit {img.format} of {arr.dtype} {arr.shape} is not supported")
+    exif = img.getexif()
+    turn = _TRANSPOSE.get(exif.pop(0x0112, 1))
+    if turn is not None:  # upright, plane by plane, with Pillow's own turns
+        arr = np.dstack([np.asarray(Image.fromarray(arr[..., c]).transpose(turn)) for c in range(arr.shape[2])])
+    alpha = arr[..., -1] if arr.shape[2] in (2, 4) else None
+    pixels = arr.transpose(2, 0, 1)[: 1 if arr.shape[2] == 2 else 3]
+    notes = [f"{name}: has {img.n_frames} frames; using the first"] if getattr(img, "n_frames", 1) > 1 else []
+    return Raster(pixels, alpha=alpha, maxval=65535.0, format=img.format, icc_profile=img.info.get("icc_profile"),
+                  exif=exif.tobytes() if len(exif) else None, notes=notes)
+
+
+def _encode_deep_colour(raster: Raster, fmt: str, name: str) -> bytes:
+    """16-bit colour or 16-bit with alpha as PNG (pypng) or TIFF (tifffile), with its ICC profile."""
+    planes = [*raster.pixels, *([] if raster.alpha is None else [raster.alpha])]
+    arr = np.ascontiguousarray(np.stack(planes, axis=-1), dtype=np.uint16)
+    height, width, c = arr.shape
+    buf = io.BytesIO()
+    if fmt == "PNG":
+        import png
+
+        png.Writer(width, height, greyscale=c < 3, alpha=raster.alpha is not None, bitdepth=16).write(
+            buf, arr.reshape(height, width * c))
+        data = buf.getvalue()
+        if raster.icc_profile:  # iCCP right after IHDR (8 + 25 bytes)
+            body = b"icc\0\0" + zlib.compress(raster.icc_profile)
+            chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+            data = data[:33] + chunk + data[33:]
+        return data
+    if fmt == "TIFF":
+        import tifffile
+
+        tifffile.imwrite(buf, arr, photometric="rgb" if c >= 3 else "minisblack",
+                         extrasamples=["unassalpha"] if raster.alpha is not None else None,
+                         iccprofile=raster.icc_profile)
+        return buf.getvalue()
+    raise UsageError(f"{name}: {fmt} cannot hold 16-bit colour; write .png or .tif")
 
 
 def _load_truncated(data: bytes) -> Image.Image:
@@ -292,6 +366,8 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
         text = io.StringIO()
         np.savetxt(text, raster.pixels[0], fmt="%.10g", delimiter=",")
         return text.getvalue().encode()
+    if raster.maxval is not None and raster.maxval > 255 and (raster.pixels.shape[0] == 3 or raster.alpha is not None):
+        return _encode_deep_colour(raster, fmt, name)
     img = to_pil(raster, fmt, name)
     options = {}
     if fmt in ("JPEG", "WEBP"):

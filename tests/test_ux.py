@@ -370,3 +370,102 @@ def test_a_numpy_colour_array_reads_as_channels_last(tmp_path, rng):
     np.save(tmp_path / "bad.npy", np.zeros((2, 2, 2, 2)))
     bad = run("apply", "-k", "identity", tmp_path / "bad.npy", "-o", tmp_path / "z.npy")
     assert bad.exit_code == 1 and "array of shape (2, 2, 2, 2); expected H×W or H×W×C" in bad.stderr
+
+
+# ---------------------------------------------------------------- 4. 16-bit colour stays 16-bit
+
+
+def save16(path, arr, **tiff_options):
+    """A 16-bit PNG (pypng) or TIFF (tifffile) of an H×W×C uint16 array, written without Pillow."""
+    if path.suffix == ".png":
+        import png
+
+        h, w, c = arr.shape
+        with path.open("wb") as fh:
+            png.Writer(w, h, greyscale=c < 3, alpha=c in (2, 4), bitdepth=16).write(fh, arr.reshape(h, w * c))
+    else:
+        import tifffile
+
+        tifffile.imwrite(path, arr, photometric="rgb" if arr.shape[2] >= 3 else "minisblack",
+                         extrasamples=["unassalpha"] if arr.shape[2] in (2, 4) else None, **tiff_options)
+
+
+def load16(path):
+    if path.suffix == ".png":
+        import png
+
+        w, h, rows, info = png.Reader(bytes=path.read_bytes()).asDirect()
+        assert info["bitdepth"] == 16
+        return np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, info["planes"])
+    import tifffile
+
+    arr = tifffile.imread(path)
+    assert arr.dtype == np.uint16
+    return arr if arr.ndim == 3 else arr[..., None]
+
+
+BLUR = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+
+
+@pytest.mark.parametrize("src, dst", [("in.png", "out.png"), ("in.tif", "out.tif"), ("in.png", "out.tif")])
+def test_16_bit_rgb_stays_16_bit(tmp_path, rng, src, dst):
+    rgb = rng.integers(0, 65536, (9, 13, 3)).astype(np.uint16)  # values that need 16 bits
+    save16(tmp_path / src, rgb)
+    result = run("apply", "-k", "blur", tmp_path / src, "-o", tmp_path / dst)
+    assert result.exit_code == 0, result.stderr
+    out = load16(tmp_path / dst)
+    assert out.shape == (9, 13, 3)
+    expected = np.stack([scipy_correlate(rgb[..., c], BLUR, "replicate") for c in range(3)], -1)
+    assert np.abs(out.astype(float) - np.clip(np.round(expected), 0, 65535)).max() <= 1
+    assert len(np.unique(out % 256)) > 100  # not 8-bit values scaled up
+
+
+@pytest.mark.parametrize("name, channels", [("in.png", 2), ("in.png", 4), ("in.tif", 4)])  # Pillow opens no LA16 TIFF
+def test_16_bit_colour_with_alpha_keeps_alpha_and_depth(tmp_path, rng, name, channels):
+    arr = rng.integers(0, 65536, (8, 7, channels)).astype(np.uint16)
+    arr[..., -1] = 40001  # even alpha: premultiplied filtering equals plain filtering
+    save16(tmp_path / name, arr)
+    out_path = tmp_path / ("out" + Path(name).suffix)
+    result = run("apply", "-k", "blur", tmp_path / name, "-o", out_path)
+    assert result.exit_code == 0, result.stderr
+    out = load16(out_path)
+    assert out.shape == arr.shape
+    np.testing.assert_array_equal(out[..., -1], arr[..., -1])
+    for c in range(channels - 1):
+        expected = scipy_correlate(arr[..., c], BLUR, "replicate")
+        assert np.abs(out[..., c] - np.round(expected)).max() <= 2
+
+
+def test_16_bit_colour_keeps_its_icc_profile_and_turns_upright(tmp_path, rng):
+    from PIL import Image as PILImage
+
+    rgb = rng.integers(0, 65536, (5, 8, 3)).astype(np.uint16)
+    profile = b"\0\0\1\0fake-icc-profile-bytes" * 4
+    save16(tmp_path / "in.tif", rgb, iccprofile=profile, extratags=[(274, "H", 1, 6, False)])
+    assert run("apply", "-k", "identity", tmp_path / "in.tif", "-o", tmp_path / "out.png").exit_code == 0
+    out = load16(tmp_path / "out.png")
+    upright = np.dstack([np.asarray(PILImage.fromarray(rgb[..., c]).transpose(PILImage.Transpose.ROTATE_270))
+                         for c in range(3)])
+    np.testing.assert_array_equal(out, upright)  # orientation 6: turned 90° clockwise
+    assert out.shape == (8, 5, 3)
+    with PILImage.open(tmp_path / "out.png") as img:
+        assert img.info.get("icc_profile") == profile
+
+
+def test_16_bit_colour_into_an_8_bit_format_is_refused(tmp_path, rng):
+    save16(tmp_path / "in.png", rng.integers(0, 65536, (4, 4, 3)).astype(np.uint16))
+    result = run("apply", "-k", "blur", tmp_path / "in.png", "-o", tmp_path / "out.jpg")
+    assert result.exit_code != 0
+    assert result.stderr == f"kernelcli: error: {tmp_path / 'out.jpg'}: JPEG cannot hold 16-bit colour; write .png or .tif\n"
+    assert not (tmp_path / "out.jpg").exists()
+
+
+@pytest.mark.parametrize("name", ["in.png", "in.tif"])
+def test_a_cut_16_bit_colour_file_is_a_one_line_error(tmp_path, rng, name):
+    save16(tmp_path / name, rng.integers(0, 65536, (30, 30, 3)).astype(np.uint16))
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    result = run("apply", "-k", "blur", tmp_path / name, "-o", tmp_path / "out.png")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"kernelcli: error: {tmp_path / name}: cannot decode 16-bit colour ")
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out.png").exists()
