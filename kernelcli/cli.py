@@ -302,7 +302,8 @@ EXIT_CODES_BATCH = (
 @click.option("--files-from", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
               help="Read input paths from FILE (- for stdin), one per line.")
 @click.option("-0", "--null", is_flag=True, help="--files-from list is NUL-separated (find -print0).")
-@click.option("--format", "fmt", type=FormatChoice(), help="Output format (converts on the way).")
+@click.option("--format", "fmt", type=FormatChoice(), metavar="EXT",
+              help="Output format (converts on the way): any extension -o takes (png, jpg, gif, tif, npy, csv, …).")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input).")
 @click.option("--skip-existing", is_flag=True, help="Keep existing outputs and skip their inputs (resume a run).")
@@ -671,8 +672,8 @@ def _share_threads(workers: int) -> None:
               help="Long side of each cell; inputs are downscaled before filtering. full keeps them.")
 @click.option("--gap", default=8, show_default=True, type=click.IntRange(min=0), help="Pixels between cells.")
 @click.option("--background", default="white", show_default=True, metavar="COLOR", help="Sheet colour.")
-@click.option("--format", "fmt", type=FormatChoice(images_only=True),
-              help="Format for stdout  [default: png].")
+@click.option("--format", "fmt", type=FormatChoice(images_only=True), metavar="EXT",
+              help="Format for stdout: an image extension -o takes (png, jpg, gif, …)  [default: png].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @input_limit_options
 @geometry_options
@@ -754,7 +755,8 @@ def single_io_options(f):
     for option in reversed([
         click.argument("source", metavar="INPUT", type=click.Path(allow_dash=True)),
         click.option("-o", "--output", metavar="PATH", help="Output file or - for stdout  [default: beside INPUT]."),
-        click.option("--format", "fmt", type=FormatChoice(), help="Output format for stdout."),
+        click.option("--format", "fmt", type=FormatChoice(), metavar="EXT",
+                     help="Output format for stdout: any extension -o takes (png, gif, npy, csv, …)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output file."),
         click.option("--device", metavar="DEV", envvar="KERNELCLI_DEVICE", help="auto | cpu | cuda | cuda:N | mps."),
     ]):
