@@ -196,7 +196,7 @@ def check_matrix(rows: list[list[float]], where: str) -> tuple[tuple[float, ...]
 
 _WORD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _GENERATOR_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):")
-_DIVISOR_RE = re.compile(r"^(.*\S)\s+/\s*(\S+)\s*$", re.S)
+_DIVISOR_RE = re.compile(r"^(.*?)(?:\s+|(?<=\]))/\s*(\S+)\s*$", re.S)  # "… / 16", "[[…]]/16"
 
 
 def is_inline_spec(spec: str) -> bool:
