@@ -206,7 +206,8 @@ def geometry_options(f):
     for option in reversed(
         [
             click.option("--border", default="replicate", show_default=True, metavar="MODE",
-                         shell_complete=complete_borders, help="replicate | reflect | symmetric | circular | zeros | constant:V."),
+                         shell_complete=complete_borders,
+                         help="replicate | reflect | symmetric | circular | zeros | constant:V."),
             click.option("--padding", default="same", show_default=True, metavar="same|valid|N",
                          help="same keeps the size; valid adds none; N pads N pixels a side."),
             click.option("--stride", default=1, show_default=True, type=click.IntRange(min=1)),
@@ -288,7 +289,8 @@ EXIT_CODES_BATCH = (
 
 
 @main.command(context_settings=CONTEXT, epilog=EXIT_CODES_BATCH)
-@click.option("-k", "--kernel", "kernel_specs", multiple=True, shell_complete=complete_kernels, required=True, metavar="KERNEL",
+@click.option("-k", "--kernel", "kernel_specs", multiple=True, required=True, metavar="KERNEL",
+              shell_complete=complete_kernels,
               help='Kernel name or inline matrix ("0,-1,0; -1,5,-1; 0,-1,0"); repeat to chain.')
 @click.argument("inputs", nargs=-1, metavar="INPUT...", type=click.Path(allow_dash=True))
 @click.option("-o", "--output", metavar="PATH", help="Output file, folder (several inputs, a folder input, "
@@ -659,7 +661,8 @@ def _share_threads(workers: int) -> None:
 
 @main.command(context_settings=CONTEXT, epilog="Exit codes: 0 ok; 1 an input could not be read or the "
               "output written; 2 usage or configuration error.")
-@click.option("-k", "--kernel", "kernel_specs", multiple=True, shell_complete=complete_kernels, metavar="KERNEL", help="A column per kernel; repeatable.")
+@click.option("-k", "--kernel", "kernel_specs", multiple=True, metavar="KERNEL", shell_complete=complete_kernels,
+              help="A column per kernel; repeatable.")
 @click.option("--all", "all_kernels", is_flag=True, help="Every kernel of the library (with yours), "
               "but the multi-channel ones.")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path(allow_dash=True))
@@ -823,7 +826,8 @@ def upsample(factor, source, output, fmt, overwrite, device):
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("-k", "--kernel", "spec", required=True, metavar="KERNEL", shell_complete=complete_kernels, help="Kernel name or inline matrix.")
+@click.option("-k", "--kernel", "spec", required=True, metavar="KERNEL", shell_complete=complete_kernels,
+              help="Kernel name or inline matrix.")
 @click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--padding", type=click.IntRange(min=0), default=0, show_default=True,
               help="Rows/columns cropped from each side of the full result.")
@@ -1001,6 +1005,7 @@ def bench(repeat, workdir, samples, only, quality, device, as_json, quiet):
     W5  peak memory of W2
     Peers run when convert/mogrify (ImageMagick) and vips (libvips-tools) are on PATH.
     """
+    import shutil
     import tempfile
 
     from .bench import bench as run_bench
@@ -1009,8 +1014,6 @@ def bench(repeat, workdir, samples, only, quality, device, as_json, quiet):
     if not (samples_dir / "camera.png").exists():
         raise UsageError(f"{samples_dir}: no sample photos here; pass --samples DIR (the repository's samples/)")
     wanted = [w.strip().upper() for w in only.split(",")] if only else None
-    import shutil
-
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kernelcli-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     log = (lambda m: None) if quiet else say

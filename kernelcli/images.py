@@ -29,7 +29,7 @@ ARRAY_FORMATS = ("NPY", "CSV")
 _ARRAY_EXT = {".npy": "NPY", ".csv": "CSV", ".txt": "CSV"}
 _TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"}
 _NPY_MAGIC = b"\x93NUMPY"
-_CSV_TEXT = re.compile(rb"[\s\d.,eE+-]*\d[\s\d.,eE+-]*")
+_CSV_TEXT = re.compile(rb"[\s\d.,eE+-]+")  # numbers as text: what a CSV on stdin holds
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def read(source: str | Path, data: bytes | None = None, limits: Limits = Limits(
         raise ImageError(f"{name}: more than {limits.max_bytes} bytes; refused")
     if data.startswith(_NPY_MAGIC):
         return _read_array(name, io.BytesIO(data), "NPY")
-    if _CSV_TEXT.fullmatch(data):  # numbers as text (CSV on stdin): no image starts like that
+    if _CSV_TEXT.fullmatch(data) and re.search(rb"\d", data):  # CSV text: no image starts like that
         return _read_array(name, io.BytesIO(data), "CSV")
     return _read_image(name, data, limits)
 
@@ -138,7 +138,7 @@ def _read_array(name: str, src, fmt: str) -> Raster:
         raise ImageError(f"{name}: not a readable {fmt.lower()} array: {exc}") from None
     if arr.dtype.kind not in "biuf":
         raise ImageError(f"{name}: array of {arr.dtype} is not numeric")
-    if arr.ndim != 3 and arr.ndim != 2 or 0 in arr.shape:
+    if arr.ndim not in (2, 3) or 0 in arr.shape:
         raise ImageError(f"{name}: array of shape {arr.shape}; expected H×W or H×W×C")
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # arrays are H×W×C, as numpy images
     dtype = np.float64 if arr.dtype in (np.float64, np.int64, np.uint64, np.int32, np.uint32) else np.float32

@@ -458,7 +458,8 @@ def test_16_bit_colour_into_an_8_bit_format_is_refused(tmp_path, rng):
     save16(tmp_path / "in.png", rng.integers(0, 65536, (4, 4, 3)).astype(np.uint16))
     result = run("apply", "-k", "blur", tmp_path / "in.png", "-o", tmp_path / "out.jpg")
     assert result.exit_code != 0
-    assert result.stderr == f"kernelcli: error: {tmp_path / 'out.jpg'}: JPEG cannot hold 16-bit colour; write .png or .tif\n"
+    out = tmp_path / "out.jpg"
+    assert result.stderr == f"kernelcli: error: {out}: JPEG cannot hold 16-bit colour; write .png or .tif\n"
     assert not (tmp_path / "out.jpg").exists()
 
 
