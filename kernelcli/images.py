@@ -230,7 +230,8 @@ def _decode(name: str, data: bytes, limits: Limits) -> Raster:
 
 
 # 16-bit colour (RGB, RGBA, gray+alpha) in PNG and TIFF: Pillow holds only 8-bit colour, so these
-# go through pypng and tifffile as numpy arrays, both ways; never a silent 8-bit result.
+# are decoded with pypng and tifffile and encoded with numpy + zlib and tifffile; never a silent
+# 8-bit result.
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
               8: Image.Transpose.ROTATE_90}  # EXIF orientation → the turn that makes it upright
@@ -274,22 +275,13 @@ def _read_deep_colour(name: str, img: Image.Image, data: bytes) -> Raster:
 
 
 def _encode_deep_colour(raster: Raster, fmt: str, name: str) -> bytes:
-    """16-bit colour or 16-bit with alpha as PNG (pypng) or TIFF (tifffile), with its ICC profile."""
+    """16-bit colour or 16-bit with alpha as PNG or TIFF (tifffile), with its ICC profile."""
     planes = [*raster.pixels, *([] if raster.alpha is None else [raster.alpha])]
     arr = np.ascontiguousarray(np.stack(planes, axis=-1), dtype=np.uint16)
     height, width, c = arr.shape
     buf = io.BytesIO()
     if fmt == "PNG":
-        import png
-
-        png.Writer(width, height, greyscale=c < 3, alpha=raster.alpha is not None, bitdepth=16).write(
-            buf, arr.reshape(height, width * c))
-        data = buf.getvalue()
-        if raster.icc_profile:  # iCCP right after IHDR (8 + 25 bytes)
-            body = b"icc\0\0" + zlib.compress(raster.icc_profile)
-            chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
-            data = data[:33] + chunk + data[33:]
-        return data
+        return _png16(arr, raster.icc_profile)
     if fmt == "TIFF":
         import tifffile
 
@@ -298,6 +290,26 @@ def _encode_deep_colour(raster: Raster, fmt: str, name: str) -> bytes:
                          iccprofile=raster.icc_profile)
         return buf.getvalue()
     raise UsageError(f"{name}: {fmt} cannot hold 16-bit colour; write .png or .tif")
+
+
+def _png16(arr: np.ndarray, icc_profile: bytes | None) -> bytes:
+    """A 16-bit PNG of an (H, W, C) uint16 array, C = 1..4, rows "Up"-filtered, numpy and zlib only
+    (pypng writes about 30 times slower)."""
+    height, width, c = arr.shape
+    rows = arr.astype(">u2").view(np.uint8).reshape(height, width * c * 2)
+    up = rows.copy()
+    up[1:] -= rows[:-1]  # filter 2 ("Up"): each byte minus the byte above, modulo 256
+    raw = np.hstack([np.full((height, 1), 2, np.uint8), up])
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    parts = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))]
+    if icc_profile:
+        parts.append(chunk(b"iCCP", b"icc\0\0" + zlib.compress(icc_profile)))
+    parts += [chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)), chunk(b"IEND", b"")]
+    return b"".join(parts)
 
 
 def _load_truncated(data: bytes) -> Image.Image:
