@@ -49,7 +49,8 @@ def apply(image, *kernels, library: KernelLibrary | None = None, border: str = "
           padding="same", stride: int = 1, dilation: int = 1, **options):
     """Apply kernels (names, inline specs or :class:`Kernel`) in sequence to ``image``.
 
-    ``image`` may be a PIL image (→ PIL image), a numpy array H×W or H×W×C (uint8/uint16
+    ``image`` may be a PIL image (→ PIL image), a numpy array H×W or H×W×C (channels last, as
+    in the .npy files the command reads and writes; uint8/uint16
     → same dtype, mapped; float → raw float result, H×W or H×W×C) or a torch tensor
     H×W or C×H×W (→ raw float tensor). Other keyword options are those of
     :class:`kernelcli.filters.Options`: ``convolve``, ``color``, ``map``, ``scale``,

@@ -137,6 +137,26 @@ def load_library(extra=(), max_kernel: int = MAX_KERNEL_SIZE):
     return KernelLibrary.load(user_kernel_files(extra), max_kernel=max_kernel)
 
 
+def complete_kernels(ctx, param, incomplete):
+    """Shell completion: kernel names and aliases of the library, with the user's files
+    (and --kernels given before on the line). A broken library file completes nothing."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        library = load_library(ctx.params.get("kernel_files") or ())
+    except KernelcliError:
+        return []
+    return [CompletionItem(name, help=k.description) for k in library for name in (k.name, *k.aliases)
+            if name.startswith(incomplete)]
+
+
+def complete_borders(ctx, param, incomplete):
+    """Shell completion: the --border modes (constant takes a value: constant:V)."""
+    from .options import BORDERS
+
+    return [b + (":" if b == "constant" else "") for b in BORDERS if b.startswith(incomplete)]
+
+
 @main.group(context_settings=CONTEXT)
 def kernels():
     """List and inspect the kernel library."""
@@ -182,7 +202,7 @@ def kernels_list(kernel_files, max_kernel, as_json):
 
 
 @kernels.command("show", context_settings=CONTEXT)
-@click.argument("name")
+@click.argument("name", shell_complete=complete_kernels)
 @kernel_files_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, with the effective float weights.")
 @click.option("--image", "image_path", metavar="FILE", help="Also draw the kernel as a heatmap picture (- for stdout).")
@@ -219,6 +239,7 @@ def geometry_options(f):
     for option in reversed(
         [
             click.option("--border", default="replicate", show_default=True, metavar="MODE",
+                         shell_complete=complete_borders,
                          help="replicate | reflect | symmetric | circular | zeros | constant:V."),
             click.option("--padding", default="same", show_default=True, metavar="same|valid|N",
                          help="same keeps the size; valid adds none; N pads N pixels a side."),
@@ -267,8 +288,32 @@ def _limits(max_pixels=100_000_000, allow_truncated=False):
     return Limits(max_pixels=max_pixels, allow_truncated=allow_truncated)
 
 
-FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF",
-           "bmp": "BMP", "npy": "NPY", "csv": "CSV"}
+class FormatChoice(click.Choice):
+    """The --format words of the one format table (kernelcli.images.FORMATS); ``images_only``
+    leaves out the arrays. Looked up when first needed, so that importing the CLI stays light."""
+
+    def __init__(self, images_only: bool = False):
+        self.images_only = images_only
+        super().__init__((), case_sensitive=False)
+
+    @property
+    def choices(self):
+        from .images import ARRAY_FORMATS, FORMATS
+
+        return tuple(e for e, f in FORMATS.items() if not (self.images_only and f in ARRAY_FORMATS))
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+def _format_named(fmt):
+    """The format of a --format word (None stays None)."""
+    from .images import FORMATS
+
+    return FORMATS[fmt.lower()] if fmt else None
+
+
 EXIT_CODES_BATCH = (
     "Exit codes: 0 all done; 1 runtime failure (a single input failed, or the destination "
     "failed); 2 usage or configuration error, before any work; 3 the batch finished but some "
@@ -278,6 +323,7 @@ EXIT_CODES_BATCH = (
 
 @main.command(context_settings=CONTEXT, epilog=EXIT_CODES_BATCH)
 @click.option("-k", "--kernel", "kernel_specs", multiple=True, required=True, metavar="KERNEL",
+              shell_complete=complete_kernels,
               help='Kernel name or inline matrix ("0,-1,0; -1,5,-1; 0,-1,0"); repeat to chain.')
 @click.argument("inputs", nargs=-1, metavar="INPUT...", type=click.Path(allow_dash=True))
 @click.option("-o", "--output", metavar="PATH", help="Output file, folder (several inputs, a folder input, "
@@ -291,7 +337,8 @@ EXIT_CODES_BATCH = (
 @click.option("--files-from", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
               help="Read input paths from FILE (- for stdin), one per line.")
 @click.option("-0", "--null", is_flag=True, help="--files-from list is NUL-separated (find -print0).")
-@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), help="Output format (converts on the way).")
+@click.option("--format", "fmt", type=FormatChoice(), metavar="EXT",
+              help="Output format (converts on the way): any extension -o takes (png, jpg, gif, tif, npy, csv, …).")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input).")
 @click.option("--skip-existing", is_flag=True, help="Keep existing outputs and skip their inputs (resume a run).")
@@ -397,7 +444,7 @@ def _single(source, output, fmt, overwrite, render, suffix=None, limits=None):
     """Read one input (a file or - for stdin), render it to bytes, write one output (a file,
     or - for stdout). Without ``output``, the result goes beside the input as
     ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work."""
-    from .images import extension_for, read
+    from .images import FORMATS, extension_for, read
 
     _route_warnings()
     _check_input(source)
@@ -406,13 +453,14 @@ def _single(source, output, fmt, overwrite, render, suffix=None, limits=None):
             output = "-"
         else:
             stem, ext = os.path.splitext(source)
-            output = f"{stem}-{suffix}{extension_for(FORMATS[fmt]) if fmt else ext}"
+            output = f"{stem}-{suffix}{extension_for(_format_named(fmt)) if fmt else ext}"
     out_fmt = _check_output(output, fmt, overwrite, [source])
     limits = limits or _limits()
     raster = read(source, _read_stdin(limits.max_bytes) if source == "-" else None, limits)
     for note in raster.notes:
         warn(note)
     out_fmt = out_fmt or (raster.format if raster.format in FORMATS.values() else "PNG")
+    _check_terminal(output, out_fmt)
     _emit(output, render(raster, out_fmt, output), overwrite)
 
 
@@ -432,9 +480,8 @@ def _check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
     from .images import format_for_path
 
     if output == "-":
-        if sys.stdout.isatty():
-            raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
-        return FORMATS[fmt] if fmt else None
+        _check_terminal(output, _format_named(fmt) or _stdout_format_of(inputs))
+        return _format_named(fmt)
     from .batch import check_writable
 
     out_fmt = _check_format(format_for_path(output), fmt, output)
@@ -457,6 +504,24 @@ def _remove_stale_temps(folders) -> None:
     for folder in dict.fromkeys(folders):
         for path in remove_stale_temps(folder):
             warn(f"{path}: removed a temporary file left by an interrupted kernelcli run")
+
+
+def _stdout_format_of(inputs) -> str | None:
+    """The format stdout gets without --format from a single file input: an array stays an
+    array (a .csv prints as CSV), an image stays binary. None when it is not known yet (stdin)."""
+    from .images import FORMATS
+
+    if len(inputs) != 1 or inputs[0] == "-":
+        return None
+    return FORMATS.get(Path(inputs[0]).suffix.lower()[1:], "image")
+
+
+def _check_terminal(output: str, out_fmt: str | None) -> None:
+    """Text (CSV) may print at a terminal; binary data is refused there (usage error)."""
+    from .images import TEXT_FORMATS
+
+    if output == "-" and out_fmt is not None and out_fmt not in TEXT_FORMATS and sys.stdout.isatty():
+        raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
 
 
 def _emit(output: str, data: bytes, overwrite: bool, detail: str = "") -> None:
@@ -482,7 +547,7 @@ def _read_stdin(limit: int = 1 << 30) -> bytes:
 
 
 def _check_format(out_fmt, fmt, output):
-    if fmt and FORMATS[fmt] != out_fmt:
+    if fmt and _format_named(fmt) != out_fmt:
         raise UsageError(f"--format {fmt} does not match the output name {output}")
     return out_fmt
 
@@ -519,6 +584,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         output.endswith(("/", os.sep)) or os.path.isdir(output) or len(inputs) + len(listed) > 1
         or any(os.path.isdir(p) for p in inputs) or (each and len(job.kernels) > 1)
     )
+    _check_folder_output(output, dir_mode, inputs, listed, each and len(job.kernels) > 1)
     sources, bad = batch.find_inputs(inputs, recursive=recursive, include=include, exclude=exclude,
                                      listed=listed, avoid=output if dir_mode else None)
     if not sources and not bad:
@@ -538,7 +604,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         template = "{stem}{ext}" if dir_mode and not each else "{stem}-{kernel}{ext}"
 
     def ext_for(source):
-        return extension_for(FORMATS[fmt]) if fmt else source.path.suffix
+        return extension_for(_format_named(fmt)) if fmt else source.path.suffix
 
     jobs_ = batch.plan(sources, groups, out_dir=output if dir_mode else None, out_file=out_file, template=template,
                        ext_for=ext_for, overwrite=overwrite, skip_existing=skip_existing)
@@ -612,6 +678,21 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     ctx.exit(code or report.exit_code)
 
 
+def _check_folder_output(output, dir_mode, inputs, listed, each) -> None:
+    """-o names a folder when there are several outputs; a name with a file format's extension
+    (out.png) is then a mistake, never a folder to create."""
+    from .images import FORMATS
+
+    suffix = Path(output).suffix.lower()[1:] if output else ""
+    if not dir_mode or suffix not in FORMATS or output.endswith(("/", os.sep)) or os.path.isdir(output):
+        return
+    why = ("--each writes one output per kernel" if each
+           else "a folder input gives several outputs" if any(os.path.isdir(p) for p in inputs)
+           else f"{len(inputs) + len(listed)} inputs give several outputs")
+    raise UsageError(f"{output}: -o names one .{suffix} file but {why}; give -o a folder (e.g. out/) "
+                     "or a single input")
+
+
 def _share_threads(workers: int) -> None:
     """Split the cores between files in flight and torch's own threads."""
     import torch
@@ -624,7 +705,8 @@ def _share_threads(workers: int) -> None:
 
 @main.command(context_settings=CONTEXT, epilog="Exit codes: 0 ok; 1 an input could not be read or the "
               "output written; 2 usage or configuration error.")
-@click.option("-k", "--kernel", "kernel_specs", multiple=True, metavar="KERNEL", help="A column per kernel; repeatable.")
+@click.option("-k", "--kernel", "kernel_specs", multiple=True, metavar="KERNEL", shell_complete=complete_kernels,
+              help="A column per kernel; repeatable.")
 @click.option("--all", "all_kernels", is_flag=True, help="Every kernel of the library (with yours), "
               "but the multi-channel ones.")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path(allow_dash=True))
@@ -637,8 +719,8 @@ def _share_threads(workers: int) -> None:
               help="Long side of each cell; inputs are downscaled before filtering. full keeps them.")
 @click.option("--gap", default=8, show_default=True, type=click.IntRange(min=0), help="Pixels between cells.")
 @click.option("--background", default="white", show_default=True, metavar="COLOR", help="Sheet colour.")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"]),
-              help="Format for stdout  [default: png].")
+@click.option("--format", "fmt", type=FormatChoice(images_only=True), metavar="EXT",
+              help="Format for stdout: an image extension -o takes (png, jpg, gif, …)  [default: png].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @input_limit_options
 @geometry_options
@@ -699,6 +781,7 @@ def _sheet_output(output, fmt, overwrite, inputs=()) -> str:
     from .images import IMAGE_FORMATS
 
     out_fmt = _check_output(output, fmt, overwrite, inputs) or "PNG"
+    _check_terminal(output, out_fmt)
     if out_fmt not in IMAGE_FORMATS:
         raise UsageError(f"{output}: a picture needs an image format such as .png")
     return out_fmt
@@ -719,7 +802,8 @@ def single_io_options(f):
     for option in reversed([
         click.argument("source", metavar="INPUT", type=click.Path(allow_dash=True)),
         click.option("-o", "--output", metavar="PATH", help="Output file or - for stdout  [default: beside INPUT]."),
-        click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), help="Output format for stdout."),
+        click.option("--format", "fmt", type=FormatChoice(), metavar="EXT",
+                     help="Output format for stdout: any extension -o takes (png, gif, npy, csv, …)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output file."),
         click.option("--device", metavar="DEV", envvar="KERNELCLI_DEVICE", help="auto | cpu | cuda | cuda:N | mps."),
     ]):
@@ -786,7 +870,8 @@ def upsample(factor, source, output, fmt, overwrite, device):
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("-k", "--kernel", "spec", required=True, metavar="KERNEL", help="Kernel name or inline matrix.")
+@click.option("-k", "--kernel", "spec", required=True, metavar="KERNEL", shell_complete=complete_kernels,
+              help="Kernel name or inline matrix.")
 @click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--padding", type=click.IntRange(min=0), default=0, show_default=True,
               help="Rows/columns cropped from each side of the full result.")
@@ -820,7 +905,8 @@ def transpose(spec, stride, padding, dilation, map_mode, kernel_files, max_kerne
 @click.argument("target", metavar="TARGET", type=click.Path(exists=True, dir_okay=False))
 @click.option("--size", "size_text", default="3x3", show_default=True, metavar="HxW", help="Kernel size to learn.")
 @click.option("--per-channel", is_flag=True, help="One kernel per colour channel instead of one for all.")
-@click.option("--border", default="replicate", show_default=True, metavar="MODE", help="As in apply.")
+@click.option("--border", default="replicate", show_default=True, metavar="MODE", help="As in apply.",
+              shell_complete=complete_borders)
 @click.option("--padding", default="same", show_default=True, metavar="same|valid|N", help="As in apply.")
 @click.option("--stride", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--dilation", default=1, show_default=True, type=click.IntRange(min=1))
@@ -970,6 +1056,7 @@ def bench(repeat, workdir, samples, only, quality, device, as_json, quiet):
     W5  peak memory of W2
     Peers run when convert/mogrify (ImageMagick) and vips (libvips-tools) are on PATH.
     """
+    import shutil
     import tempfile
 
     from .bench import bench as run_bench
@@ -987,7 +1074,11 @@ def bench(repeat, workdir, samples, only, quality, device, as_json, quiet):
     mark.touch()
     log = (lambda m: None) if quiet else say
     log(f"workloads in {work}")
-    data = run_bench(work, samples_dir, repeat=repeat, quality=quality, device=device, only=wanted, log=log)
+    try:
+        data = run_bench(work, samples_dir, repeat=repeat, quality=quality, device=device, only=wanted, log=log)
+    finally:
+        if not workdir:  # our own temporary folder; a --workdir is the user's and stays
+            shutil.rmtree(work, ignore_errors=True)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

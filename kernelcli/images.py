@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import struct
 import tempfile
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +30,7 @@ ARRAY_FORMATS = ("NPY", "CSV")
 _ARRAY_EXT = {".npy": "NPY", ".csv": "CSV", ".txt": "CSV"}
 _TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"}
 _NPY_MAGIC = b"\x93NUMPY"
+_CSV_TEXT = re.compile(rb"[\s\d.,eE+-]+")  # numbers as text: what a CSV on stdin holds
 
 
 @dataclass(frozen=True)
@@ -63,22 +66,31 @@ class Raster:
         return self.pixels.shape[-2], self.pixels.shape[-1]
 
 
+# The one table of output formats: a file extension (also the --format word) → the format.
+# It decides what -o NAME writes and which --format words the commands accept.
+FORMATS = {
+    "png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP",
+    "gif": "GIF", "ppm": "PPM", "pgm": "PPM", "pbm": "PPM", "pnm": "PPM", "tga": "TGA",
+    "npy": "NPY", "csv": "CSV", "txt": "CSV",
+}
+TEXT_FORMATS = ("CSV",)  # printable at a terminal; every other format is binary
+
+
 def format_for_path(path: str | Path) -> str:
     """The output format implied by a file name (e.g. 'PNG' for x.png, 'NPY' for x.npy)."""
     ext = Path(path).suffix.lower()
-    if ext in _ARRAY_EXT:
-        return _ARRAY_EXT[ext]
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None or fmt not in IMAGE_FORMATS:
+    fmt = FORMATS.get(ext[1:]) if ext else None
+    if fmt is None:
         raise UsageError(
             f"{path}: cannot tell the output format from {ext or 'no extension'!r}; "
-            "use .png, .jpg, .webp, .tif, .bmp, .npy or .csv, or --format"
+            f"use {', '.join('.' + e for e in FORMATS)}, or --format"
         )
     return fmt
 
 
 def extension_for(fmt: str) -> str:
-    return {"JPEG": ".jpg", "TIFF": ".tif", "NPY": ".npy", "CSV": ".csv", "PPM": ".ppm"}.get(fmt, f".{fmt.lower()}")
+    """The usual extension of a format: the first of the table's names for it."""
+    return "." + next(ext for ext, f in FORMATS.items() if f == fmt)
 
 
 # --------------------------------------------------------------------------- reading
@@ -104,6 +116,8 @@ def read(source: str | Path, data: bytes | None = None, limits: Limits = Limits(
         raise ImageError(f"{name}: more than {limits.max_bytes} bytes; refused")
     if data.startswith(_NPY_MAGIC):
         return _read_array(name, io.BytesIO(data), "NPY")
+    if _CSV_TEXT.fullmatch(data) and re.search(rb"\d", data):  # CSV text: no image starts like that
+        return _read_array(name, io.BytesIO(data), "CSV")
     return _read_image(name, data, limits)
 
 
@@ -112,8 +126,11 @@ def _read_array(name: str, src, fmt: str) -> Raster:
         if fmt == "NPY":
             arr = np.load(src, allow_pickle=False)
         else:
-            with open(src, encoding="utf-8") as fh:
-                text = fh.read()
+            if isinstance(src, io.BytesIO):
+                text = src.getvalue().decode("utf-8")
+            else:
+                with open(src, encoding="utf-8") as fh:
+                    text = fh.read()
             first = text.lstrip().split("\n", 1)[0]
             arr = np.loadtxt(io.StringIO(text), delimiter="," if "," in first else None, ndmin=2)
     except FileNotFoundError:
@@ -122,10 +139,9 @@ def _read_array(name: str, src, fmt: str) -> Raster:
         raise ImageError(f"{name}: not a readable {fmt.lower()} array: {exc}") from None
     if arr.dtype.kind not in "biuf":
         raise ImageError(f"{name}: array of {arr.dtype} is not numeric")
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or 0 in arr.shape:
-        raise ImageError(f"{name}: array of shape {arr.shape}; expected H×W or C×H×W")
+    if arr.ndim not in (2, 3) or 0 in arr.shape:
+        raise ImageError(f"{name}: array of shape {arr.shape}; expected H×W or H×W×C")
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # arrays are H×W×C, as numpy images
     dtype = np.float64 if arr.dtype in (np.float64, np.int64, np.uint64, np.int32, np.uint32) else np.float32
     pixels = arr.astype(dtype)
     if not np.isfinite(pixels).all():
@@ -186,6 +202,8 @@ def _decode(name: str, data: bytes, limits: Limits) -> Raster:
                 f"{name}: refused, {width}x{height} is over the limit of {limits.max_pixels} pixels "
                 f"or {limits.max_side} a side (--max-pixels raises it)"
             )
+        if _is_deep_colour(img, data):  # Pillow would make it 8-bit: decode it with numpy instead
+            return _read_deep_colour(name, img, data)
         try:
             img.load()
         except OSError as exc:
@@ -210,6 +228,89 @@ def _decode(name: str, data: bytes, limits: Limits) -> Raster:
         hint = "; --allow-truncated accepts it" if "truncated" in str(exc) else ""
         raise ImageError(f"{name}: cannot decode image: {exc or type(exc).__name__}{hint}") from None
     return replace(raster, format=fmt, icc_profile=icc, exif=exif_bytes, notes=notes)
+
+
+# 16-bit colour (RGB, RGBA, gray+alpha) in PNG and TIFF: Pillow holds only 8-bit colour, so these
+# are decoded with pypng and tifffile and encoded with numpy + zlib and tifffile; never a silent
+# 8-bit result.
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # EXIF orientation → the turn that makes it upright
+
+
+def _is_deep_colour(img: Image.Image, data: bytes) -> bool:
+    """Whether the header says 16-bit samples with colour or alpha."""
+    if img.format == "PNG":  # IHDR comes first: bit depth at byte 24, colour type at 25
+        return len(data) > 25 and data[24] == 16 and data[25] in (2, 4, 6)
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258, 1)
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return img.tag_v2.get(277, 1) > 1 and 16 in bits
+    return False
+
+
+def _read_deep_colour(name: str, img: Image.Image, data: bytes) -> Raster:
+    import png
+    import tifffile
+
+    try:
+        if img.format == "PNG":
+            width, height, rows, info = png.Reader(bytes=data).asDirect()
+            arr = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, info["planes"])
+        else:
+            arr = tifffile.imread(io.BytesIO(data), key=0)
+    except (png.Error, tifffile.TiffFileError, ValueError, OSError, EOFError, KeyError, IndexError,
+            NotImplementedError, struct.error, zlib.error) as exc:
+        raise ImageError(f"{name}: cannot decode 16-bit colour {img.format}: {exc or type(exc).__name__}") from None
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (2, 3, 4):
+        raise ImageError(f"{name}: 16-bit {img.format} of {arr.dtype} {arr.shape} is not supported")
+    exif = img.getexif()
+    turn = _TRANSPOSE.get(exif.pop(0x0112, 1))
+    if turn is not None:  # upright, plane by plane, with Pillow's own turns
+        arr = np.dstack([np.asarray(Image.fromarray(arr[..., c]).transpose(turn)) for c in range(arr.shape[2])])
+    alpha = arr[..., -1] if arr.shape[2] in (2, 4) else None
+    pixels = arr.transpose(2, 0, 1)[: 1 if arr.shape[2] == 2 else 3]
+    notes = [f"{name}: has {img.n_frames} frames; using the first"] if getattr(img, "n_frames", 1) > 1 else []
+    return Raster(pixels, alpha=alpha, maxval=65535.0, format=img.format, icc_profile=img.info.get("icc_profile"),
+                  exif=exif.tobytes() if len(exif) else None, notes=notes)
+
+
+def _encode_deep_colour(raster: Raster, fmt: str, name: str) -> bytes:
+    """16-bit colour or 16-bit with alpha as PNG or TIFF (tifffile), with its ICC profile."""
+    planes = [*raster.pixels, *([] if raster.alpha is None else [raster.alpha])]
+    arr = np.ascontiguousarray(np.stack(planes, axis=-1), dtype=np.uint16)
+    height, width, c = arr.shape
+    buf = io.BytesIO()
+    if fmt == "PNG":
+        return _png16(arr, raster.icc_profile)
+    if fmt == "TIFF":
+        import tifffile
+
+        tifffile.imwrite(buf, arr, photometric="rgb" if c >= 3 else "minisblack",
+                         extrasamples=["unassalpha"] if raster.alpha is not None else None,
+                         iccprofile=raster.icc_profile)
+        return buf.getvalue()
+    raise UsageError(f"{name}: {fmt} cannot hold 16-bit colour; write .png or .tif")
+
+
+def _png16(arr: np.ndarray, icc_profile: bytes | None) -> bytes:
+    """A 16-bit PNG of an (H, W, C) uint16 array, C = 1..4, rows "Up"-filtered, numpy and zlib only
+    (pypng writes about 30 times slower)."""
+    height, width, c = arr.shape
+    rows = arr.astype(">u2").view(np.uint8).reshape(height, width * c * 2)
+    up = rows.copy()
+    up[1:] -= rows[:-1]  # filter 2 ("Up"): each byte minus the byte above, modulo 256
+    raw = np.hstack([np.full((height, 1), 2, np.uint8), up])
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    parts = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))]
+    if icc_profile:
+        parts.append(chunk(b"iCCP", b"icc\0\0" + zlib.compress(icc_profile)))
+    parts += [chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)), chunk(b"IEND", b"")]
+    return b"".join(parts)
 
 
 def _load_truncated(data: bytes) -> Image.Image:
@@ -269,8 +370,8 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
     if raster.alpha is not None and fmt == "JPEG" and background is not None:
         raster = flatten(raster, background)
     if fmt == "NPY":
-        arr = raster.pixels[0] if raster.pixels.shape[0] == 1 else raster.pixels
-        np.save(buf, arr, allow_pickle=False)
+        arr = raster.pixels[0] if raster.pixels.shape[0] == 1 else raster.pixels.transpose(1, 2, 0)  # H×W×C
+        np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
         return buf.getvalue()
     if fmt == "CSV":
         if raster.pixels.shape[0] != 1:
@@ -278,6 +379,8 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
         text = io.StringIO()
         np.savetxt(text, raster.pixels[0], fmt="%.10g", delimiter=",")
         return text.getvalue().encode()
+    if raster.maxval is not None and raster.maxval > 255 and (raster.pixels.shape[0] == 3 or raster.alpha is not None):
+        return _encode_deep_colour(raster, fmt, name)
     img = to_pil(raster, fmt, name)
     options = {}
     if fmt in ("JPEG", "WEBP"):

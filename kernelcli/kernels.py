@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import os
 import re
 from dataclasses import replace
@@ -57,15 +58,40 @@ def _split_row(text: str) -> list[str]:
 # --------------------------------------------------------------------------- inline specs
 
 
+_WORD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_GENERATOR_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):")
+_DIVISOR_RE = re.compile(r"^(.*?)(?:\s+|(?<=\]))/\s*(\S+)\s*$", re.S)  # "… / 16", "[[…]]/16"
+
+
 def is_inline_spec(spec: str) -> bool:
-    """A kernel given as numbers on the command line rather than by name."""
-    return NAME_RE.match(spec) is None
+    """A kernel given as numbers on the command line rather than by name. A spec without any
+    digit, or shaped like a word (``Sharpen``, ``sobel_right``), is a name."""
+    return re.search(r"\d", spec) is not None and _WORD_RE.match(spec.strip()) is None
+
+
+def fold_name(name: str) -> str:
+    """The form names are compared in for suggestions: case and ``_``/``-`` do not matter."""
+    return name.strip().lower().replace("_", "-")
+
+
+def suggest(name: str, known) -> str | None:
+    """The known name closest to ``name`` (same folded form first, then difflib), or None."""
+    folded = {fold_name(k): k for k in known}
+    if fold_name(name) in folded:
+        return folded[fold_name(name)]
+    close = difflib.get_close_matches(fold_name(name), folded, n=1, cutoff=0.6)
+    return folded[close[0]] if close else None
 
 
 def parse_inline(spec: str, *, max_kernel: int = MAX_KERNEL_SIZE) -> Kernel:
-    """Parse ``"0,-1,0; -1,5,-1; 0,-1,0"`` or ``"[[0,-1,0],[-1,5,-1],[0,-1,0]]"``."""
+    """Parse ``"0,-1,0; -1,5,-1; 0,-1,0"`` or ``"[[0,-1,0],[-1,5,-1],[0,-1,0]]"``, optionally
+    followed by a divisor: ``"1 2 1; 2 4 2; 1 2 1 / 16"``, or ``/ sum`` to divide by the sum."""
     text = spec.strip()
     where = f"kernel {spec!r}"
+    divisor_text = None
+    m = _DIVISOR_RE.match(text)
+    if m:
+        text, divisor_text = m.group(1), m.group(2)
     if text.startswith("["):
         inner = text[1:-1] if text.endswith("]") else None
         if inner is None or text.count("[") != text.count("]"):
@@ -80,11 +106,23 @@ def parse_inline(spec: str, *, max_kernel: int = MAX_KERNEL_SIZE) -> Kernel:
             [parse_number(tok, f"{where}, row {r}, column {c}") for c, tok in enumerate(tokens, 1)]
         )
     matrix = check_matrix(rows, where, max_kernel=max_kernel)
-    digest = hashlib.sha1(repr(matrix).encode()).hexdigest()[:6]
+    divisor = 1.0
+    if divisor_text is not None:
+        if divisor_text.lower() == "sum":
+            divisor = math.fsum(v for row in matrix for v in row)
+            if divisor == 0:
+                raise KernelFileError(f"{where}: the weights sum to 0; '/ sum' cannot normalise them")
+        else:
+            divisor = parse_number(divisor_text, f"{where}, divisor")
+            if divisor == 0:
+                raise KernelFileError(f"{where}: the divisor is 0")
+    digest = hashlib.sha1(repr((matrix, divisor)).encode()).hexdigest()[:6]
+    written = " ; ".join(" ".join(f"{v:g}" for v in row) for row in matrix)
     return Kernel(
         name=f"inline-{digest}",
         matrix=matrix,
-        description=f"inline kernel {' ; '.join(' '.join(f'{v:g}' for v in row) for row in matrix)}",
+        divisor=divisor,
+        description=f"inline kernel {written}" + (f" / {divisor:g}" if divisor != 1 else ""),
         source="command line",
     )
 
@@ -508,8 +546,8 @@ class KernelLibrary:
             return self._kernels[name]
         except KeyError:
             pass
-        close = difflib.get_close_matches(name, [*self._kernels, *self._aliases], n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else "; see 'kernelcli kernels list'"
+        close = suggest(name, [*self._kernels, *self._aliases])
+        hint = f"; did you mean {close!r}?" if close else "; see 'kernelcli kernels list'"
         raise UnknownKernelError(f"unknown kernel {name!r}{hint}")
 
     def resolve(self, spec: str) -> Kernel:
@@ -522,5 +560,13 @@ class KernelLibrary:
             return rotate(self.resolve(base), angle, spec)
         if is_generated(spec):
             return generate(spec, max_kernel=self.max_kernel)
+        generator = _GENERATOR_RE.match(spec.strip())
+        if generator:
+            from .generate import GENERATORS
+
+            close = suggest(generator.group(1), GENERATORS)
+            hint = f"did you mean {close!r}? " if close else ""
+            raise UnknownKernelError(f"unknown kernel generator {generator.group(1)!r} in {spec!r}; {hint}"
+                                     f"known generators: {', '.join(GENERATORS)}")
         return parse_inline(spec, max_kernel=self.max_kernel) if is_inline_spec(spec) else self.get(spec)
 

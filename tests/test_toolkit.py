@@ -153,8 +153,8 @@ def test_bank_writes_feature_maps_to_npy(tmp_path, rng):
     Image.fromarray(gray).save(tmp_path / "g.png")
     assert run("apply", "-k", "sobel-xy", tmp_path / "g.png", "-o", tmp_path / "maps.npy").exit_code == 0
     maps = np.load(tmp_path / "maps.npy")
-    assert maps.shape == (2, 8, 9)
-    np.testing.assert_allclose(maps[1], scipy_correlate(gray.astype(float), EXPECTED["sobel-bottom"], "replicate"), atol=1e-4)
+    assert maps.shape == (8, 9, 2)  # H×W×C, as every numpy array kernelcli reads and writes
+    np.testing.assert_allclose(maps[..., 1], scipy_correlate(gray.astype(float), EXPECTED["sobel-bottom"], "replicate"), atol=1e-4)
     result = run("apply", "-k", "sobel-xy", tmp_path / "g.png", "-o", tmp_path / "maps.png")
     assert result.exit_code == 1 and "2 channels" in result.stderr
 
