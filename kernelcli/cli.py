@@ -337,6 +337,9 @@ class _Render:
 
         # Raw floats out: arrays, and float images into a format that holds them (gray TIFF).
         raw = fmt in ("NPY", "CSV") or (raster.maxval is None and fmt == "TIFF" and raster.pixels.shape[0] == 1)
+        if raster.maxval is None and not raw and self.options.map is None:  # never clip floats unasked
+            raise UsageError(f"{name}: the input holds float values and {fmt} holds 0–255: pass --map normalize "
+                             "to stretch them (--map clip to clip), or write .npy (or a gray .tif) to keep them")
         result, step_stats = apply_kernels(raster, list(group), replace(self.options, raw=raw))
         if self.stats:
             for k, st in zip(group, step_stats):

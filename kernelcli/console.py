@@ -167,7 +167,7 @@ def print_kernel(info: dict) -> None:
                 out.print(render_matrix(matrix))
     source = f"from {info['source']}"
     if info["overrides"]:
-        source += f" (overrides the kernel of the same name in {info['overrides']})"
+        source += f" (overrides {info['overrides']})"
     if info["aliases"]:
         source += f" · aliases: {', '.join(info['aliases'])}"
     out.print(source)

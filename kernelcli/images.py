@@ -116,7 +116,7 @@ def read_regular(path: str | Path, limit: int, name: str | None = None) -> bytes
         raise ImageError(f"{name}: no such file") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
         raise ImageError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    with os.fdopen(fd, "rb") as fh:
+    with open(fd, "rb") as fh:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise ImageError(f"{name}: is a directory, not an image")
