@@ -979,6 +979,9 @@ def entry() -> None:
     try:
         main(prog_name="kernelcli")
         code = 0
+    except WriteError as exc:  # stdout failed outside a command (kernelcli --help >&-)
+        error(str(exc))
+        code = 1
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if isinstance(exc.code, str):

@@ -28,7 +28,9 @@ ARRAY_FORMATS = ("NPY", "CSV")
 _ARRAY_EXT = {".npy": "NPY", ".csv": "CSV", ".txt": "CSV"}
 _TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"}
 _NPY_MAGIC = b"\x93NUMPY"
-_NO_ALPHA = {"JPEG", "PPM"}  # formats that cannot store transparency (Pillow drops it from PPM silently)
+# Formats whose transparency does not come back: none in JPEG, PPM (Pillow drops it silently),
+# BMP (no gray + alpha; Pillow reads 32-bit BMP back as RGB).
+_NO_ALPHA = {"JPEG", "PPM", "BMP"}
 _JPEG_MARKER_BYTES = 65533  # the most an APP1 (EXIF) segment holds
 
 
@@ -331,8 +333,6 @@ def to_pil(raster: Raster, fmt: str = "PNG", name: str = "output") -> Image.Imag
         if fmt in _NO_ALPHA:
             raise UsageError(f"{name}: {fmt} cannot store transparency; pass --background COLOR to flatten it, "
                              "or write .png, .webp or .tif")
-        if fmt == "BMP" and c == 1:  # BMP has RGBA but no gray + alpha: the same pixels as RGBA
-            arr = np.repeat(arr, 3, axis=2)
         arr = np.dstack([arr, raster.alpha])
     arr = np.ascontiguousarray(arr, dtype=np.uint8)
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)  # L, LA, RGB or RGBA
