@@ -270,7 +270,7 @@ EXIT_CODES_BATCH = (
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print a line per file.")
 @click.option("--background", "flatten_on", metavar="COLOR",
-              help="Flatten transparency onto this colour for formats without alpha (JPEG).")
+              help="Flatten transparency onto this colour for formats without alpha (JPEG, BMP, PPM).")
 @input_limit_options
 @geometry_options
 @kernel_files_option
