@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -224,13 +225,28 @@ def test_device_named_is_refused(tmp_path):
 def test_reader_never_blocks_on_a_fifo(tmp_path):
     """The library's reader, called directly on a FIFO that no one writes (the case a
     folder scan could still race into): refused at once, not a wait for a writer."""
-    os.mkfifo(tmp_path / "f.png")
-    os.mkfifo(tmp_path / "f.npy")
     from kernelcli.errors import ImageError
 
     for name in ("f.png", "f.npy"):
-        with pytest.raises(ImageError, match="not a regular file"):
-            read(tmp_path / name)
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        outcome = []
+
+        def attempt():
+            try:
+                read(fifo)
+                outcome.append("read")
+            except ImageError as exc:
+                outcome.append(str(exc))
+
+        thread = threading.Thread(target=attempt, daemon=True)
+        thread.start()
+        thread.join(timeout=20)
+        if thread.is_alive():  # blocked in open(): give it a writer and EOF so it ends
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(timeout=20)
+            pytest.fail(f"{name}: the reader waited for a writer")
+        assert outcome == [f"{fifo}: not a regular file (a FIFO, device or socket); refused"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
