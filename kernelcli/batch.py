@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import stat
 import string
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -118,30 +119,46 @@ def _matches(rel: Path, include, exclude) -> bool:
     return (not include or hit(include)) and not hit(exclude)
 
 
-def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), avoid=None):
+def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), avoid=None, on_skip=None):
     """Sources from command-line paths (files or folders) and ``listed`` paths (--files-from).
 
     Folders yield their image files (by extension; content decides later), descending with
     ``recursive``; ``avoid`` (the output folder) is never read. Returns (sources, jobs of
-    paths that are missing or not files, recorded as failures).
+    paths that are missing or not files, recorded as failures). Only regular files are taken:
+    ``on_skip(path)`` is told of FIFOs, devices and sockets found in folders and lists.
     """
     sources, bad = [], []
     avoid = Path(avoid).resolve() if avoid else None
     for given, is_listed in [(p, False) for p in paths] + [(p, True) for p in listed]:
         path = Path(given)
-        if path.is_dir() and not is_listed:
-            sources += _scan(path, recursive, include, exclude, avoid)
-        elif path.is_file():
+        kind = _kind(path)
+        if kind == "dir" and not is_listed:
+            sources += _scan(path, recursive, include, exclude, avoid, on_skip)
+        elif kind == "file":
             rel = path if is_listed and not path.is_absolute() and ".." not in path.parts else Path(path.name)
             sources.append(Source(path, Path(os.path.normpath(rel))))
+        elif kind == "other" and is_listed and on_skip is not None:
+            on_skip(path)  # a FIFO, device or socket in a list: skipped like one in a folder
         else:
-            why = "is a directory, not an image" if path.is_dir() else (
-                "not a regular file" if path.exists() else "no such file")
+            why = {"dir": "is a directory, not an image", "other": "not a regular file (a FIFO, device or socket)",
+                   "missing": "no such file"}.get(kind, kind)
             bad.append(Job(Source(path, Path(path.name)), [], error=f"{given}: {why}"))
     return sources, bad
 
 
-def _scan(folder: Path, recursive, include, exclude, avoid):
+def _kind(path: Path) -> str:
+    """'file' (regular), 'dir', 'other' (FIFO, device, socket), 'missing', or why it cannot be
+    looked at (a name too long, a NUL byte from a binary list). Never opens the path."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "other"
+
+
+def _scan(folder: Path, recursive, include, exclude, avoid, on_skip=None):
     found = []
     for root, dirs, files in os.walk(folder):
         root_path = Path(root)
@@ -153,8 +170,12 @@ def _scan(folder: Path, recursive, include, exclude, avoid):
             if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             rel = path.relative_to(folder)
-            if _matches(rel, include, exclude):
+            if not _matches(rel, include, exclude):
+                continue
+            if _kind(path) != "other":  # a broken link fails later, when read, as a named failure
                 found.append(Source(path, rel))
+            elif on_skip is not None:
+                on_skip(path)
     return found
 
 

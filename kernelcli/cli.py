@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -350,7 +351,7 @@ EXIT_CODES_BATCH = (
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print a line per file.")
 @click.option("--background", "flatten_on", metavar="COLOR",
-              help="Flatten transparency onto this colour for formats without alpha (JPEG).")
+              help="Flatten transparency onto this colour for formats without alpha (JPEG, BMP, PPM).")
 @input_limit_options
 @geometry_options
 @kernel_files_option
@@ -380,6 +381,8 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
         check_template(template)
     if files_from == "-" and "-" in inputs:
         raise UsageError("stdin cannot hold both the image and the --files-from list")
+    if files_from == "-":
+        _check_stdin("--files-from -")
     if files_from == "-" and sys.stdin.isatty():
         raise UsageError("--files-from -: stdin is a terminal; pipe a list of paths in")
     if not inputs and files_from is None:
@@ -418,6 +421,9 @@ class _Render:
 
         # Raw floats out: arrays, and float images into a format that holds them (gray TIFF).
         raw = fmt in ("NPY", "CSV") or (raster.maxval is None and fmt == "TIFF" and raster.pixels.shape[0] == 1)
+        if raster.maxval is None and not raw and self.options.map is None:  # never clip floats unasked
+            raise UsageError(f"{name}: the input holds float values and {fmt} holds 0–255: pass --map normalize "
+                             "to stretch them (--map clip to clip), or write .npy (or a gray .tif) to keep them")
         result, step_stats = apply_kernels(raster, list(group), replace(self.options, raw=raw))
         if self.stats:
             for k, st in zip(group, step_stats):
@@ -467,10 +473,28 @@ def _single(source, output, fmt, overwrite, render, suffix=None, limits=None):
 def _check_input(path: str) -> None:
     """One input file, or - for stdin (refused when it is a terminal)."""
     if path == "-":
+        _check_stdin("no input")
         if sys.stdin.isatty():
             raise UsageError("no input: stdin is a terminal; pipe an image in or name a file")
-    elif not os.path.isfile(path):
-        raise UsageError(f"{path}: {'is a directory' if os.path.isdir(path) else 'no such file'}")
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:  # too long, a NUL byte, no permission
+        raise UsageError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{path}: is a directory")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{path}: not a regular file (a FIFO, device or socket)")
+
+
+def _check_stdin(what: str) -> None:
+    """stdin closed at start (``<&-``) is a usage error for anything that reads it."""
+    from .console import closed
+
+    if closed("stdin"):
+        raise UsageError(f"{what}: stdin is closed; pipe data in or name a file")
 
 
 def _check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
@@ -480,6 +504,10 @@ def _check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
     from .images import format_for_path
 
     if output == "-":
+        from .console import closed
+
+        if closed("stdout"):
+            raise UsageError("-o -: stdout is closed; redirect it to a file or use -o FILE")
         _check_terminal(output, _format_named(fmt) or _stdout_format_of(inputs))
         return _format_named(fmt)
     from .batch import check_writable
@@ -586,7 +614,8 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     )
     _check_folder_output(output, dir_mode, inputs, listed, each and len(job.kernels) > 1)
     sources, bad = batch.find_inputs(inputs, recursive=recursive, include=include, exclude=exclude,
-                                     listed=listed, avoid=output if dir_mode else None)
+                                     listed=listed, avoid=output if dir_mode else None,
+                                     on_skip=lambda p: warn(f"{p}: not a regular file (a FIFO, device or socket); skipped"))
     if not sources and not bad:
         where = ", ".join(inputs) or files_from
         raise UsageError(f"no input images found in {where}" + ("" if recursive else " (use --recursive for sub-folders)"))
@@ -1091,9 +1120,15 @@ def entry() -> None:
     """The ``kernelcli`` console script. Runs the click group, then, once torch has been
     imported, leaves without the interpreter's teardown: unloading torch costs about 0.3 s
     and there is nothing left to save (outputs are written and closed, streams flushed)."""
+    from .console import guard_streams
+
+    guard_streams()
     try:
         main(prog_name="kernelcli")
         code = 0
+    except WriteError as exc:  # stdout failed outside a command (kernelcli --help >&-)
+        error(str(exc))
+        code = 1
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if isinstance(exc.code, str):
@@ -1103,6 +1138,9 @@ def entry() -> None:
             stream.flush()
         except (BrokenPipeError, ValueError):
             _silence_stdout()
+        except WriteError as exc:  # the last of stdout did not fit (a full disk)
+            error(str(exc))
+            code = code or 1
     if "torch" in sys.modules:
         os._exit(code)
     sys.exit(code)

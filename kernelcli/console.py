@@ -2,7 +2,81 @@
 
 from __future__ import annotations
 
+import io
+import os
 import sys
+
+from .errors import WriteError
+
+_CLOSED: set[str] = set()  # names of the standard streams that were closed when kernelcli started
+
+
+class _Stream(io.RawIOBase):
+    """fd 1 or 2 for writing. stdout: a failed write (full disk, closed at start) raises
+    WriteError naming stdout, once; later writes are dropped so the exit stays quiet.
+    stderr: failures are dropped (human text is best-effort; the work goes on)."""
+
+    def __init__(self, fd: int, name: str):
+        super().__init__()
+        self.fd, self.name, self.failed = fd, name, False
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return self.name not in _CLOSED and os.isatty(self.fd)
+
+    def write(self, data) -> int:
+        if self.failed:
+            return len(data)
+        if self.name in _CLOSED:
+            reason = "closed (nothing can be printed; was it redirected with >&-?)"
+        else:
+            try:
+                return os.write(self.fd, data)
+            except BrokenPipeError:
+                if self.name == "stdout":
+                    raise  # the reader went away (`| head`): the CLI stops quietly
+                reason = "broken pipe"
+            except OSError as exc:
+                reason = f"cannot write: {exc.strerror or exc}"
+        self.failed = True
+        if self.name == "stdout":
+            raise WriteError(f"stdout: {reason}")
+        return len(data)
+
+
+def guard_streams() -> None:
+    """Call first thing in the console script. A standard stream that is closed gets
+    /dev/null on its descriptor, so no file kernelcli opens later can land on fd 0-2 (and
+    receive text meant for a terminal); stdout and stderr become :class:`_Stream` writers:
+    closed or full stdout is a one-line error, closed or full stderr never stops the work."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            _CLOSED.add(name)
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if "stdin" in _CLOSED:
+        sys.stdin = open(0, "r", closefd=False)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        old = getattr(sys, name)
+        buffered = io.BufferedWriter(_Stream(fd, name))
+        setattr(sys, name, io.TextIOWrapper(
+            buffered, encoding=getattr(old, "encoding", None) or "utf-8",
+            errors=getattr(old, "errors", None) or ("backslashreplace" if name == "stderr" else "strict"),
+            line_buffering=name == "stderr" or bool(old is not None and old.line_buffering), write_through=name == "stderr"))
+
+
+def closed(name: str) -> bool:
+    """Whether the standard stream ``name`` ('stdin', 'stdout', 'stderr') was closed at start."""
+    return name in _CLOSED
 
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -104,7 +178,7 @@ def print_kernel(info: dict) -> None:
                 out.print(render_matrix(matrix))
     source = f"from {info['source']}"
     if info["overrides"]:
-        source += f" (overrides the kernel of the same name in {info['overrides']})"
+        source += f" (overrides {info['overrides']})"
     if info["aliases"]:
         source += f" · aliases: {', '.join(info['aliases'])}"
     out.print(source)

@@ -11,6 +11,7 @@ import errno
 import io
 import os
 import re
+import stat
 import struct
 import tempfile
 import threading
@@ -31,6 +32,10 @@ _ARRAY_EXT = {".npy": "NPY", ".csv": "CSV", ".txt": "CSV"}
 _TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"}
 _NPY_MAGIC = b"\x93NUMPY"
 _CSV_TEXT = re.compile(rb"[\s\d.,eE+-]+")  # numbers as text: what a CSV on stdin holds
+# Formats whose transparency does not come back: none in JPEG, PPM (Pillow drops it silently),
+# BMP (no gray + alpha; Pillow reads 32-bit BMP back as RGB).
+_NO_ALPHA = {"JPEG", "PPM", "BMP"}
+_JPEG_MARKER_BYTES = 65533  # the most an APP1 (EXIF) segment holds
 
 
 @dataclass(frozen=True)
@@ -101,15 +106,11 @@ def read(source: str | Path, data: bytes | None = None, limits: Limits = Limits(
     name = str(source)
     if data is None:
         path = Path(source)
+        data = read_regular(path, limits.max_bytes + 1, name)
         if path.suffix.lower() in _ARRAY_EXT:
-            return _read_array(name, path, _ARRAY_EXT[path.suffix.lower()])
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(limits.max_bytes + 1)
-        except IsADirectoryError:
-            raise ImageError(f"{name}: is a directory, not an image") from None
-        except OSError as exc:
-            raise ImageError(f"{name}: cannot read: {exc.strerror or exc}") from None
+            if len(data) > limits.max_bytes:
+                raise ImageError(f"{name}: more than {limits.max_bytes} bytes; refused")
+            return _read_array(name, io.BytesIO(data), _ARRAY_EXT[path.suffix.lower()])
     if not data:
         raise ImageError(f"{name}: empty file, not an image" if name != "-" else "no image data on stdin")
     if len(data) > limits.max_bytes:
@@ -121,20 +122,37 @@ def read(source: str | Path, data: bytes | None = None, limits: Limits = Limits(
     return _read_image(name, data, limits)
 
 
+def read_regular(path: str | Path, limit: int, name: str | None = None) -> bytes:
+    """Up to ``limit`` bytes of a regular file. Anything else (a FIFO, a device, a socket, a
+    folder) is refused without reading from it: the file is opened non-blocking and checked
+    with fstat first, so no read can wait forever for a writer."""
+    name = str(path) if name is None else name
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise ImageError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    with open(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageError(f"{name}: is a directory, not an image")
+        if not stat.S_ISREG(mode):
+            raise ImageError(f"{name}: not a regular file (a FIFO, device or socket); refused")
+        try:
+            return fh.read(limit)
+        except OSError as exc:
+            raise ImageError(f"{name}: cannot read: {exc.strerror or exc}") from None
+
+
 def _read_array(name: str, src, fmt: str) -> Raster:
     try:
         if fmt == "NPY":
             arr = np.load(src, allow_pickle=False)
         else:
-            if isinstance(src, io.BytesIO):
-                text = src.getvalue().decode("utf-8")
-            else:
-                with open(src, encoding="utf-8") as fh:
-                    text = fh.read()
+            text = src.read().decode("utf-8")
             first = text.lstrip().split("\n", 1)[0]
             arr = np.loadtxt(io.StringIO(text), delimiter="," if "," in first else None, ndmin=2)
-    except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ImageError(f"{name}: not a readable {fmt.lower()} array: {exc}") from None
     if arr.dtype.kind not in "biuf":
@@ -367,7 +385,7 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
     buf = io.BytesIO()
     if raster.pixels.dtype.kind == "f" and not np.isfinite(raster.pixels).all():
         raise ImageError(f"{name}: the result holds NaN or infinite values (an overflow?); nothing written")
-    if raster.alpha is not None and fmt == "JPEG" and background is not None:
+    if raster.alpha is not None and fmt in _NO_ALPHA and background is not None:
         raster = flatten(raster, background)
     if fmt == "NPY":
         arr = raster.pixels[0] if raster.pixels.shape[0] == 1 else raster.pixels.transpose(1, 2, 0)  # H×W×C
@@ -388,6 +406,9 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
     if fmt in ("PNG", "JPEG", "WEBP", "TIFF") and raster.icc_profile:
         options["icc_profile"] = raster.icc_profile
     if fmt in ("PNG", "JPEG", "WEBP") and raster.exif:
+        if fmt == "JPEG" and len(raster.exif) > _JPEG_MARKER_BYTES:
+            raise ImageError(f"{name}: the EXIF data ({len(raster.exif)} bytes) does not fit in a JPEG "
+                             f"(at most {_JPEG_MARKER_BYTES}); write .png, .webp or .tif")
         options["exif"] = raster.exif
     img.save(buf, format=fmt, **options)
     return buf.getvalue()
@@ -410,8 +431,8 @@ def to_pil(raster: Raster, fmt: str = "PNG", name: str = "output") -> Image.Imag
         return Image.fromarray(raster.pixels[0].astype(np.uint16))
     arr = raster.pixels.transpose(1, 2, 0)  # (H, W, C): no copy when the pixels are such a view
     if raster.alpha is not None:
-        if fmt == "JPEG":
-            raise UsageError(f"{name}: JPEG cannot store transparency; pass --background COLOR to flatten it, "
+        if fmt in _NO_ALPHA:
+            raise UsageError(f"{name}: {fmt} cannot store transparency; pass --background COLOR to flatten it, "
                              "or write .png, .webp or .tif")
         arr = np.dstack([arr, raster.alpha])
     arr = np.ascontiguousarray(arr, dtype=np.uint8)

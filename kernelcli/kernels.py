@@ -515,13 +515,19 @@ class KernelLibrary:
                     )
                 seen[name] = k.name
         for k in kernels:
-            previous = self.get(k.name) if k.name in self else None
-            if previous is not None:
-                k = replace(k, overrides=previous.source)
-                self._forget(previous.name)
-            for alias in k.aliases:
-                if alias in self:
-                    self._forget(self.get(alias).name)
+            # A name or alias equal to a kernel's name replaces that kernel; equal to an alias,
+            # it takes over that alias only. Either way ``overrides`` says what and from where.
+            overridden = []
+            for name in (k.name, *k.aliases):
+                if name in self._kernels:
+                    overridden.append(f"{name!r} from {self._kernels[name].source}")
+                    self._forget(name)
+                elif name in self._aliases:
+                    owner = self._kernels[self._aliases.pop(name)]
+                    overridden.append(f"alias {name!r} of {owner.name!r} from {owner.source}")
+                    self._kernels[owner.name] = replace(owner, aliases=tuple(a for a in owner.aliases if a != name))
+            if overridden:
+                k = replace(k, overrides="; ".join(overridden))
             self._kernels[k.name] = k
             for alias in k.aliases:
                 self._aliases[alias] = k.name

@@ -156,7 +156,7 @@ def test_kernels_show_reports_override(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text("kernels:\n  blur:\n    description: my blur\n    matrix: [[1, 1]]\n    divisor: 2\n")
     result = run("kernels", "show", "blur", "--kernels", f)
-    assert "overrides the kernel of the same name" in result.stdout
+    assert "(overrides 'blur' from " in result.stdout
     assert "my blur" in result.stdout
 
 
