@@ -27,7 +27,8 @@ PROTOCOL = 1
 IDLE_SECONDS = 600  # a server with no request for this long exits ($KERNELCLI_SERVER_IDLE)
 # Environment the server reads once at start (threads, loader, Python, CUDA, locale, config folders).
 STAMP_ENV_PREFIXES = ("OMP_", "MKL_", "KMP_", "GOMP_", "LD_", "PYTHON", "CUDA_", "TORCH_", "LC_")
-STAMP_ENV_NAMES = ("LANG", "LANGUAGE", "HOME", "XDG_CONFIG_HOME", "KERNELCLI_KERNELS")
+# Not $KERNELCLI_KERNELS nor $KERNELCLI_DEVICE: they are read per request, in the worker.
+STAMP_ENV_NAMES = ("LANG", "LANGUAGE", "HOME", "XDG_CONFIG_HOME")
 # Installed packages whose files the server keeps in memory: a change means a new server.
 STAMP_PACKAGES = {"torch": ("version.py", "lib/libtorch_cpu.so"), "numpy": ("version.py",), "PIL": ("_version.py",),
                   "click": (), "rich": (), "yaml": ()}
@@ -269,8 +270,8 @@ def _die_by(sig: int) -> None:
     """End this process as the worker ended: by the same signal."""
     import signal
 
-    signal.signal(sig, signal.SIG_DFL)
-    sys.stdout.flush()
+    if sig not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(sig, signal.SIG_DFL)
     os.kill(os.getpid(), sig)
     sys.exit(128 + sig)  # a signal that does not end a process by default
 

@@ -179,7 +179,7 @@ class Server:
 
     def reply_status(self, conn) -> None:
         fields = {"pid": os.getpid(), "socket": self.path, "uptime_s": round(time.time() - self.started, 1),
-                  "requests": self.served, "running": len(self.workers), "rss_kb": rss_kb(os.getpid()),
+                  "requests": self.served, "workers": ",".join(map(str, self.workers)), "rss_kb": rss_kb(os.getpid()),
                   "idle_exit_s": f"{self.idle:g}"}
         _send(conn, "".join(f"{k}={v}\n" for k, v in fields.items()).encode())
         conn.close()
