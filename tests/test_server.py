@@ -8,6 +8,7 @@ kernelcli.client``), and must give the same bytes on stdout, the same stderr and
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import stat
@@ -85,8 +86,6 @@ def served(tmp_path_factory):
 
 def stop_all_started(folder: Path) -> None:
     """Any server a test made start in ``folder`` (they log their pid), stopped by PID."""
-    import re
-
     log = folder / "server.log"
     for pid in set(re.findall(r"\[(\d+)\] starting", log.read_text() if log.exists() else "")):
         stop_by_pid(int(pid))
@@ -303,11 +302,14 @@ def test_changed_install_means_a_new_server(tmp_path):
         os.utime(pkg / "kernelcli" / "mapping.py", (later, later))
         wait_for(lambda: not alive(old_pid), 30, "the stale server to exit")
         assert "the install or its environment changed" in (tmp_path / "s" / "server.log").read_text()
-        second = start_server(env, tmp_path)
-        assert second["socket"] != first["socket"] and int(second["pid"]) != old_pid
-        stop_by_pid(int(second["pid"]))
+        log = tmp_path / "s" / "server.log"
+        call = subprocess.run(CLIENT + ["--version"], env=env, cwd=tmp_path, capture_output=True, timeout=120)
+        assert call.returncode == 0  # in-process, and a new server starts for the new install
+        wait_for(lambda: log.read_text().count("starting for") == 2, 30, "a new server")
+        sockets = re.findall(r"starting for (\S+)", log.read_text())
+        assert sockets[0] == first["socket"] and sockets[1] != sockets[0]
     finally:
-        stop_by_pid(old_pid)
+        stop_all_started(tmp_path / "s")
 
 
 def test_off_switch_and_no_server_flag_run_in_process(tmp_path):
