@@ -187,7 +187,14 @@ class Server:
     def fork_worker(self, conn, fds, mask, args, env) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of processes or memory: the client runs the command itself
+            log(f"cannot fork a worker: {exc}")
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            return
         if pid == 0:
             self.run_worker(conn, fds, mask, args, env)  # never returns
         try:
