@@ -431,8 +431,9 @@ def _path() -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to collect it counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True

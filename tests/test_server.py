@@ -52,11 +52,9 @@ def wait_for(predicate, timeout=60.0, what="condition"):
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    from kernelcli.server import _alive
+
+    return _alive(pid)
 
 
 def stop_by_pid(pid: int) -> None:
@@ -308,6 +306,12 @@ def test_changed_install_means_a_new_server(tmp_path):
         wait_for(lambda: log.read_text().count("starting for") == 2, 30, "a new server")
         sockets = re.findall(r"starting for (\S+)", log.read_text())
         assert sockets[0] == first["socket"] and sockets[1] != sockets[0]
+        wait_for(lambda: log.read_text().count("listening") == 2, 120, "the new server to listen")
+        stop = subprocess.run(CLIENT + ["server", "stop"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+        new_pid = int(re.findall(r"\[(\d+)\] starting", log.read_text())[1])
+        assert stop.returncode == 0 and stop.stderr == f"stopped the server (pid {new_pid})\n"
+        assert not alive(new_pid) and "asked to stop" in log.read_text()
     finally:
         stop_all_started(tmp_path / "s")
 
