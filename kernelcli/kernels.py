@@ -479,8 +479,12 @@ class _FileParser:
         return names
 
 
+_parsed: dict = {}  # (path, content, size limit) → kernels: the resident server parses kernels.yaml once
+
+
 def load_file(path: str | Path) -> list[Kernel]:
-    """Read and validate one kernel file; raise KernelFileError naming file and line."""
+    """Read and validate one kernel file; raise KernelFileError naming file and line.
+    The file is read every time; the same content is parsed once."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -493,7 +497,13 @@ def load_file(path: str | Path) -> list[Kernel]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise KernelFileError(f"{path}: kernel file is not UTF-8 text") from None
-    return _FileParser(str(path)).parse(text)
+    key = (str(path), data, MAX_KERNEL_SIZE)
+    if key not in _parsed:
+        kernels = _FileParser(str(path)).parse(text)
+        if len(_parsed) >= 8:
+            _parsed.clear()
+        _parsed[key] = kernels
+    return list(_parsed[key])
 
 
 # --------------------------------------------------------------------------- writing

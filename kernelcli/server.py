@@ -49,6 +49,7 @@ def warm_up() -> int:
     PIL.Image.init()
     from . import batch, cli, convolve, fast, filters, grid, images, kernels, mapping, options, toolkit  # noqa: F401
 
+    kernels.load_file(kernels.shipped_path())  # parsed once here; workers reuse it while it is unchanged
     torch.nn.functional.conv2d(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 3, 3))
     return threads
 

@@ -397,3 +397,23 @@ def test_fork_after_warm_up_does_not_hang():
                           env=server_env(Path("/nonexistent")))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0"
+
+
+def test_a_kernel_file_is_read_each_time_but_parsed_once_per_content(tmp_path, monkeypatch):
+    from kernelcli import kernels
+
+    path = tmp_path / "k.yaml"
+    path.write_text("kernels:\n  one:\n    matrix: [[1, 2]]\n    description: d\n")
+    first = kernels.load_file(path)
+
+    def no_parse(self, text):
+        raise AssertionError("parsed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(kernels._FileParser, "parse", no_parse)
+        assert kernels.load_file(path) == first  # the same content: no second parse
+    path.write_text("kernels:\n  one:\n    matrix: [[3, 4]]\n    description: d\n")
+    assert kernels.load_file(path)[0].matrix == ((3.0, 4.0),)  # an edit applies at once
+    monkeypatch.setattr(kernels, "MAX_KERNEL_SIZE", 1)
+    with pytest.raises(kernels.KernelFileError, match="1x1 is allowed"):
+        kernels.load_file(path)  # the size limit is part of the key
