@@ -6,6 +6,9 @@ Workloads are generated from ``samples/`` (no downloads):
   W3  the same photo, Gaussian blur sigma 5 (vips gaussblur, ImageMagick -blur 0x5)
   W4  kernelcli --help and kernelcli kernels list
   W5  peak memory of W2
+  W6  100 calls in a shell loop, one 512x512 JPEG each, sharpen: the `kernelcli` client with a
+      warm server, and in-process (--no-server, 10 calls); convert -morphology Correlate; vips conv
+  W7  a 3-stage pipe (blur | emboss | sharpen) on one 512x512 JPEG, kernelcli and convert
 Tools alternate within each repetition; the table shows medians.
 """
 
@@ -25,7 +28,9 @@ from PIL import Image, ImageOps
 
 SHARPEN_IM = "3x3: 0,-1,0 -1,5,-1 0,-1,0"
 SHARPEN_VIPS = "3 3 1 0\n0 -1 0\n-1 5 -1\n0 -1 0\n"
-TARGETS = {"W1": 0.9, "W2": 1.3, "W3": 1.5, "W4 help": 0.25, "W4 list": 0.3, "W5": 800}
+PIPE_IM = ["3x3: 0.0625,0.125,0.0625 0.125,0.25,0.125 0.0625,0.125,0.0625", "3x3: -2,-1,0 -1,1,1 0,1,2", SHARPEN_IM]
+W6_CALLS, W6_COLD_CALLS = 100, 10
+TARGETS = {"W1": 0.9, "W2": 1.3, "W3": 1.5, "W4 help": 0.25, "W4 list": 0.3, "W5": 800, "W6": 1.5, "W7": 2.0}
 
 
 @dataclass
@@ -126,6 +131,7 @@ def commands(work: Path, w1: Path, photo: Path, tools: dict[str, str], quality: 
         f'"{mask}" --precision integer || exit 1; done\n'
     )
     w = {
+        **calls(work, files, tools, quality, dev),
         "start-up": {"kernelcli": [sys.executable, "-c", "import os, torch, kernelcli.cli, kernelcli.filters; os._exit(0)"]},
         "W1": {"kernelcli": kc + ["apply", "-k", "sharpen", str(w1), "-o", str(out1["kernelcli"]), "--quality",
                                   str(quality), "-q", "--overwrite"] + dev},
@@ -149,6 +155,43 @@ def commands(work: Path, w1: Path, photo: Path, tools: dict[str, str], quality: 
                            "--precision", "integer"]
         w["W3"]["vips"] = [tools["vips"], "gaussblur", str(photo), f"{work / 'w3-vips.jpg'}[Q={quality}]", "5"]
     return w
+
+
+def calls(work: Path, files: list[str], tools: dict[str, str], quality: int, dev: list[str]) -> dict:
+    """W6 (a shell loop of single-file calls) and W7 (a 3-stage pipe): what the resident server is for."""
+    import shlex
+
+    client = shlex.join([sys.executable, "-m", "kernelcli.client"])
+    q = str(quality)
+    out = work / "w6"
+    out.mkdir(exist_ok=True)
+    loops = {
+        "kernelcli": f'{client} apply -k sharpen "$f" -o "{out}/k-$(basename "$f")" --quality {q} -q --overwrite {shlex.join(dev)}',
+        "kernelcli --no-server": f'{client} --no-server apply -k sharpen "$f" -o "{out}/n-$(basename "$f")" --quality {q} -q '
+                                 f'--overwrite {shlex.join(dev)}',
+        "imagemagick": f'{shlex.quote(tools.get("convert", "convert"))} "$f" -morphology Correlate {shlex.quote(SHARPEN_IM)} '
+                       f'-quality {q} "{out}/m-$(basename "$f")"',
+        "vips": f'{shlex.quote(tools.get("vips", "vips"))} conv "$f" "{out}/v-$(basename "$f")[Q={q}]" "{work / "sharpen.mat"}" '
+                f'--precision integer',
+    }
+    w6, w7 = {}, {}
+    for tool, body in loops.items():
+        if (tool == "imagemagick" and "convert" not in tools) or (tool == "vips" and "vips" not in tools):
+            continue
+        script = work / f"w6-{tool.split()[0]}{'-cold' if 'no-server' in tool else ''}.sh"
+        script.write_text(f'for f in "$@"; do {body} || exit 1; done\n')
+        count = W6_COLD_CALLS if "no-server" in tool else W6_CALLS
+        w6[tool] = ["bash", str(script), *files[:count]]
+    image = shlex.quote(files[0])
+    stages = [f"{client} apply -k {k} - -o - --quality {q} {shlex.join(dev)}" for k in ("blur", "emboss", "sharpen")]
+    w7["kernelcli"] = ["bash", "-o", "pipefail", "-c", f"{stages[0]} < {image} | {stages[1]} | {stages[2]} > {out}/pipe-k.jpg"]
+    if "convert" in tools:
+        im = shlex.quote(tools["convert"])
+        w7["imagemagick"] = ["bash", "-o", "pipefail", "-c",
+                             f"{im} {image} -morphology Correlate {shlex.quote(PIPE_IM[0])} -quality {q} jpg:- "
+                             f"| {im} - -morphology Correlate {shlex.quote(PIPE_IM[1])} -quality {q} jpg:- "
+                             f"| {im} - -morphology Correlate {shlex.quote(PIPE_IM[2])} -quality {q} {out}/pipe-m.jpg"]
+    return {"W6": w6, "W7": w7}
 
 
 def split(w1: Path, photo: Path, quality: int) -> dict[str, dict[str, float]]:
@@ -190,6 +233,9 @@ def bench(work: Path, samples: Path, *, repeat: int = 3, quality: int = 90, devi
     plan = commands(work, w1, photo, tools, quality, device)
     if only:
         plan = {k: v for k, v in plan.items() if k == "start-up" or k.split()[0] in only}
+    server = None
+    if "W6" in plan or "W7" in plan:
+        server = warm_server(log)
     results: dict[tuple[str, str], Result] = {}
     for rep in range(repeat):
         for workload, by_tool in plan.items():
@@ -201,7 +247,19 @@ def bench(work: Path, samples: Path, *, repeat: int = 3, quality: int = 90, devi
                 r = results.setdefault((workload, tool), Result(workload, tool))
                 r.seconds.append(wall)
                 r.peak_mb = max(r.peak_mb or 0, peak)
-    return summarise(results, tools, split(w1, photo, quality) if not only or "W1" in only else {})
+    data = summarise(results, tools, split(w1, photo, quality) if not only or "W1" in only else {})
+    if server:
+        data["server"] = server
+    return data
+
+
+def warm_server(log) -> dict:
+    """Start the resident server (unless one runs) for W6/W7; its status, with its idle memory."""
+    from . import server
+
+    info = server.start()
+    log(f"server pid {info['pid']}, idle resident memory {int(info['rss_kb']) / 1024:.0f} MB")
+    return {"pid": int(info["pid"]), "idle_rss_mb": round(int(info["rss_kb"]) / 1024, 1)}
 
 
 def summarise(results, tools, phases) -> dict:
@@ -216,6 +274,8 @@ def summarise(results, tools, phases) -> dict:
                "peak_mb": round(r.peak_mb, 1) if r.peak_mb else None}
         if workload in ("W1",):
             row["files_per_second"] = round(150 / r.median, 1)
+        if workload == "W6":
+            row["ms_per_call"] = round(1000 * r.median / (W6_COLD_CALLS if "no-server" in tool else W6_CALLS), 1)
         if workload in ("W2", "W3"):
             row["megapixels_per_second"] = round(24 / r.median, 1)
             if tool == "kernelcli":
@@ -237,6 +297,12 @@ def summarise(results, tools, phases) -> dict:
     if med("W3", "vips"):
         check("W3", (med("W3", "kernelcli") - startup) / med("W3", "vips"), TARGETS["W3"], "x vips gaussblur",
               "kernelcli after start-up vs vips whole process")
+    if med("W6", "imagemagick") and med("W6", "kernelcli"):
+        check("W6", med("W6", "kernelcli") / med("W6", "imagemagick"), TARGETS["W6"], "x convert",
+              f"{W6_CALLS} calls in a shell loop, warm server")
+    if med("W7", "imagemagick") and med("W7", "kernelcli"):
+        check("W7", med("W7", "kernelcli") / med("W7", "imagemagick"), TARGETS["W7"], "x convert",
+              "3-stage pipe, warm server")
     check("W4 help", med("W4 help", "kernelcli"), TARGETS["W4 help"], "s", "kernelcli --help")
     check("W4 list", med("W4 list", "kernelcli"), TARGETS["W4 list"], "s", "kernelcli kernels list")
     if ("W2", "kernelcli") in results:

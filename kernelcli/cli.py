@@ -83,6 +83,8 @@ def _silence_stdout():
 
 @click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="kernelcli")
+@click.option("--no-server", is_flag=True, expose_value=False,
+              help="Run in this process, not through the resident server (also: KERNELCLI_SERVER=off).")
 def main():
     """Filter images with named convolution kernels, on the CPU or a GPU.
 
@@ -1059,6 +1061,46 @@ def explain(steps, size_text, as_json, kernel_files, max_kernel):
         table.add_row(r["step"], "x".join(map(str, r["input"])), "x".join(map(str, r["output"])),
                       r["formula"]["height"], "x".join(map(str, r["receptive_field"])), str(r["jump"]), f"{cost:,}")
     stdout_console().print(table)
+
+
+# --------------------------------------------------------------------------- the resident server
+
+
+@main.group("server", context_settings=CONTEXT)
+def server_group():
+    """The resident server that makes each call fast (started by calls when none runs)."""
+
+
+@server_group.command("start", context_settings=CONTEXT)
+@click.option("--idle", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Exit after this long without requests  [default: 600; env KERNELCLI_SERVER_IDLE].")
+def server_start(idle):
+    """Start the server now, unless one runs for this install."""
+    from . import server
+
+    info = server.start(idle)
+    say(f"server running: pid {info['pid']}, socket {info['socket']}")
+
+
+@server_group.command("stop", context_settings=CONTEXT)
+def server_stop():
+    """Stop the server (requests in progress finish first)."""
+    from . import server
+
+    pid = server.stop()
+    say("no server running" if pid is None else f"stopped the server (pid {pid})")
+
+
+@server_group.command("status", context_settings=CONTEXT)
+def server_status():
+    """Print pid, socket, uptime, requests served and memory (exit 1 if none runs)."""
+    from . import server
+
+    info = server.status()
+    if info is None:
+        raise KernelcliError("no server running for this install and environment")
+    for key, value in info.items():
+        click.echo(f"{key}: {value}")
 
 
 # --------------------------------------------------------------------------- bench

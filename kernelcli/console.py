@@ -227,6 +227,7 @@ def print_bench(data: dict, repeat: int) -> None:
     table = Table("workload", "tool", "seconds", "after start-up", "throughput", "peak MB", box=None, header_style="bold")
     for r in data["rows"]:
         rate = (f"{r['files_per_second']} files/s" if "files_per_second" in r
+                else f"{r['ms_per_call']} ms/call" if "ms_per_call" in r
                 else f"{r['megapixels_per_second']} MP/s" if "megapixels_per_second" in r else "")
         table.add_row(r["workload"], r["tool"], f"{r['seconds']:.3f}",
                       f"{r['after_start_up']:.3f}" if "after_start_up" in r else "", rate,
@@ -239,3 +240,5 @@ def print_bench(data: dict, repeat: int) -> None:
     out.print(targets)
     for name, phases in data["phases"].items():
         out.print(f"{name} in-process split, one thread: " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
+    if "server" in data:
+        out.print(f"resident server: pid {data['server']['pid']}, idle memory {data['server']['idle_rss_mb']:.0f} MB")

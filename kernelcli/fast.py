@@ -28,6 +28,14 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool():  # a pool's threads do not survive fork: a forked worker starts its own
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 BAND_ROWS = 48  # output rows (and columns) per banded matrix product
 
 

@@ -452,8 +452,8 @@ def flatten(raster: Raster, background) -> Raster:
 
 
 def _read_umask() -> int:
-    """The process umask, read once at import (start-up): from /proc where it can be read
-    without changing it, else by setting and restoring it before any thread writes files."""
+    """The process umask: from /proc where it can be read without changing it, else by
+    setting and restoring it (done at import, before any thread writes files)."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
@@ -466,11 +466,20 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()
+_UMASK = [_read_umask()]  # read once per process; a forked server worker reads its client's
+
+
+def _forget_umask() -> None:
+    _UMASK[0] = None
+
+
+os.register_at_fork(after_in_child=_forget_umask)
 
 
 def _umask() -> int:
-    return _UMASK
+    if _UMASK[0] is None:  # first use in a forked child, after it took its client's umask
+        _UMASK[0] = _read_umask()
+    return _UMASK[0]
 
 
 TEMP_PREFIX = ".kc-"  # kernelcli's temporary files: .kc-PID-RANDOM.part, short whatever the real name

@@ -381,9 +381,13 @@ class _FileParser:
         return names
 
 
+_parsed: dict = {}  # (path, content, size limit) → kernels: the resident server parses kernels.yaml once
+
+
 def load_file(path: str | Path, *, max_kernel: int = MAX_KERNEL_SIZE) -> list[Kernel]:
     """Read and validate one kernel file (matrices at most ``max_kernel`` a side); raise
-    KernelFileError naming file and line."""
+    KernelFileError naming file and line. The file is read every time; the same content is
+    parsed once."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -396,7 +400,13 @@ def load_file(path: str | Path, *, max_kernel: int = MAX_KERNEL_SIZE) -> list[Ke
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise KernelFileError(f"{path}: kernel file is not UTF-8 text") from None
-    return _FileParser(str(path), max_kernel).parse(text)
+    key = (str(path), data, max_kernel)
+    if key not in _parsed:
+        kernels = _FileParser(str(path), max_kernel).parse(text)
+        if len(_parsed) >= 8:
+            _parsed.clear()
+        _parsed[key] = kernels
+    return list(_parsed[key])
 
 
 # --------------------------------------------------------------------------- writing

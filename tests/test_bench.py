@@ -56,3 +56,31 @@ def test_ratios_and_targets():
     assert targets["W2"]["value"] == pytest.approx((1.5 - 1.1) / 0.4) and targets["W2"]["met"]
     assert not targets["W4 help"]["met"]
     assert targets["W5"]["value"] == 500 and targets["W5"]["met"]
+
+
+def test_w6_loops_and_w7_pipes_call_the_client_and_the_peers(tmp_path):
+    w1, photo = bench.prepare(tmp_path, SAMPLES, count=12, big=(60, 40))
+    plan = bench.commands(tmp_path, w1, photo, {"convert": "/usr/bin/convert", "vips": "vips"}, 90, None)
+    assert set(plan["W6"]) == {"kernelcli", "kernelcli --no-server", "imagemagick", "vips"}
+    assert len(plan["W6"]["kernelcli"]) == 2 + 12 and len(plan["W6"]["kernelcli --no-server"]) == 2 + 10
+    script = (tmp_path / "w6-kernelcli.sh").read_text()
+    assert "-m kernelcli.client apply -k sharpen" in script and "--no-server" not in script
+    assert "--no-server apply" in (tmp_path / "w6-kernelcli-cold.sh").read_text()
+    assert plan["W7"]["kernelcli"][-1].count("kernelcli.client apply") == 3
+    assert plan["W7"]["imagemagick"][-1].count("-morphology Correlate") == 3
+    assert set(bench.commands(tmp_path, w1, photo, {}, 90, None)["W7"]) == {"kernelcli"}
+
+
+def test_w6_w7_ratios_and_time_per_call():
+    results = {
+        ("W6", "kernelcli"): bench.Result("W6", "kernelcli", [6.0]),
+        ("W6", "imagemagick"): bench.Result("W6", "imagemagick", [4.0]),
+        ("W7", "kernelcli"): bench.Result("W7", "kernelcli", [0.5]),
+        ("W7", "imagemagick"): bench.Result("W7", "imagemagick", [0.2]),
+    }
+    data = bench.summarise(results, {}, {})
+    targets = {t["target"]: t for t in data["targets"]}
+    assert targets["W6"]["value"] == pytest.approx(1.5) and targets["W6"]["met"]
+    assert targets["W7"]["value"] == pytest.approx(2.5) and not targets["W7"]["met"]
+    assert {r["tool"]: r["ms_per_call"] for r in data["rows"] if r["workload"] == "W6"} == {"kernelcli": 60.0,
+                                                                                          "imagemagick": 40.0}
