@@ -119,8 +119,13 @@ def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), av
     paths that are missing or not files, recorded as failures).
     """
     sources, bad = [], []
-    avoid = Path(avoid).resolve() if avoid else None
+    avoid = Path(avoid).resolve() if avoid and not _is_url(avoid) else avoid
     for given, is_listed in [(p, False) for p in paths] + [(p, True) for p in listed]:
+        if _is_url(given):  # [storage] a prefix ("folder") or an object in a store, or a web URL
+            from .storage import as_path, list_inputs
+
+            sources += list_inputs(as_path(given), recursive=recursive, include=include, exclude=exclude, avoid=avoid)
+            continue
         path = Path(given)
         if path.is_dir() and not is_listed:
             sources += _scan(path, recursive, include, exclude, avoid)
@@ -193,10 +198,10 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
             label = "+".join(k.name for k in group)
             ext = ext_for(s)
             if out_file is not None:
-                path = Path(out_file)
+                path = _path(out_file)
             else:
                 name = output_name(template, s, label, ext)
-                path = (Path(out_dir) / s.rel.parent / name) if out_dir is not None else s.path.with_name(name)
+                path = (_path(out_dir) / s.rel.parent / name) if out_dir is not None else s.path.with_name(name)
             key = _key(path)
             if key in inputs:
                 raise UsageError(f"{path}: is an input; refusing to overwrite it (choose another -o or --name)")
@@ -216,7 +221,23 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
 
 def _key(path: Path) -> str:
     """One key per file on disk: resolved path (follows links), so a link to an input is an input."""
+    if _is_url(path):  # [storage] an object has one name
+        return str(path)
     return os.path.normcase(str(Path(path).resolve()))
+
+
+def _is_url(path) -> bool:
+    """[storage] ``scheme://…`` (an ObjectPath or text); decided without importing fsspec."""
+    return "://" in str(path)
+
+
+def _path(text):
+    """[storage] A Path for local paths, an ObjectPath for URLs."""
+    if _is_url(text):
+        from .storage import as_path
+
+        return as_path(text)
+    return Path(text)
 
 
 # --------------------------------------------------------------------------- running

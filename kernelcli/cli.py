@@ -270,12 +270,16 @@ EXIT_CODES_BATCH = (
 @click.option("-v", "--verbose", is_flag=True, help="Print a line per file.")
 @click.option("--background", "flatten_on", metavar="COLOR",
               help="Flatten transparency onto this colour for formats without alpha (JPEG).")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",  # [storage]
+              help="Option for s3:// or gs:// (e.g. endpoint_url=http://host:8333, anon=true); repeatable.")
+@click.option("--scheduler", envvar="KERNELCLI_SCHEDULER", metavar="ADDRESS|local|local:N",  # [cluster]
+              help="Run on Dask: a scheduler address, or local[:N] for a local cluster  [env KERNELCLI_SCHEDULER].")
 @input_limit_options
 @geometry_options
 @kernel_files_option
 def apply(kernel_specs, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-          quality, overwrite, skip_existing, report_path, jobs, stats, quiet, verbose, flatten_on, max_pixels,
-          allow_truncated, kernel_files, **geo):
+          quality, overwrite, skip_existing, report_path, jobs, stats, quiet, verbose, flatten_on, storage_options,
+          scheduler, max_pixels, allow_truncated, kernel_files, **geo):
     """Filter images (files, folders, .npy/.csv arrays, or - for stdin) with kernels.
 
     \b
@@ -285,6 +289,7 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
       kernelcli apply -k blur photos/ -o out/ --recursive --jobs 2
       find . -name '*.png' -print0 | kernelcli apply -k emboss --files-from - -0 -o out/
       kernelcli apply -k sobel-left -k sobel-right --each photo.jpg -o edges/
+      kernelcli apply -k blur s3://bucket/photos/ -o s3://bucket/out/ -r --scheduler local:2
       cat in.png | kernelcli apply -k emboss - -o - | kernelcli apply -k sharpen - -o - > out.png
 
     Kernels apply as correlation (weights as written, like torch and OpenCV); --convolve
@@ -312,11 +317,16 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
 
     job = _Render(kernels_, options, quality, stats, _limits(max_pixels, allow_truncated),
                   parse_color(flatten_on) if flatten_on else None)
+    if storage_options or any("://" in str(p) for p in (*inputs, output, files_from, report_path) if p):  # [storage]
+        from .storage import StorageOptions, locate
+
+        where = StorageOptions.parse(storage_options)
+        inputs, output = tuple(locate(p, where) for p in inputs), output and locate(output, where)
     if "-" in inputs or output == "-":
         _check_device(options)
         return _apply_stream(job, inputs, output, fmt, files_from, each, overwrite)
     _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-                 overwrite, skip_existing, report_path, jobs, quiet, verbose)
+                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler)
 
 
 class _Render:
@@ -453,27 +463,29 @@ def _check_device(options):
 
 
 def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-                 overwrite, skip_existing, report_path, jobs, quiet, verbose):
+                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler=None):
     import signal
     import threading
 
-    from . import batch
-    from .images import extension_for, format_for_path, read, write_atomic
+    from . import batch, storage
+    from .images import extension_for, format_for_path
 
     listed = []
     if files_from is not None:
-        data = sys.stdin.buffer.read() if files_from == "-" else Path(files_from).read_bytes()
+        data = sys.stdin.buffer.read() if files_from == "-" else storage.read_list_bytes(files_from)
         listed = batch.read_list(data, null)
     dir_mode = bool(output) and (
-        output.endswith(("/", os.sep)) or os.path.isdir(output) or len(inputs) + len(listed) > 1
-        or any(os.path.isdir(p) for p in inputs) or (each and len(job.kernels) > 1)
+        str(output).endswith(("/", os.sep)) or storage.is_dir(output) or len(inputs) + len(listed) > 1
+        or any(storage.is_dir(p) for p in inputs) or (each and len(job.kernels) > 1)
     )
+    if dir_mode or output:  # [storage] the endpoint, credentials and bucket answer before any work
+        storage.check_output(output, listing=dir_mode)
     sources, bad = batch.find_inputs(inputs, recursive=recursive, include=include, exclude=exclude,
                                      listed=listed, avoid=output if dir_mode else None)
     if not sources and not bad:
-        where = ", ".join(inputs) or files_from
+        where = ", ".join(map(str, inputs)) or files_from
         raise UsageError(f"no input images found in {where}" + ("" if recursive else " (use --recursive for sub-folders)"))
-    single = len(sources) + len(bad) == 1 and not any(os.path.isdir(p) for p in inputs)
+    single = len(sources) + len(bad) == 1 and not any(storage.is_dir(p) for p in inputs)
     if single and bad:
         raise UsageError(bad[0].error)
 
@@ -497,23 +509,20 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
             format_for_path(o.path)
 
     def read_warned(path):
-        raster = read(path, limits=job.limits)
+        raster = storage.read(path, job.limits)
         for note in raster.notes:
             warn(note)
         return raster
 
-    prefetch = batch.Prefetch(jobs_, read_warned, torch_loading)
-    _check_device(job.options)
+    if not scheduler:  # [cluster] workers read and check the device themselves
+        prefetch = batch.Prefetch(jobs_, read_warned, torch_loading)
+        _check_device(job.options)
     stop = threading.Event()
     report = batch.Report(total=len(jobs_), on_fail=lambda j, message: error(message))
     progress = make_progress(len(jobs_), quiet)
 
     def write(path, data):
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WriteError(f"{Path(path).parent}: cannot create folder: {exc.strerror or exc}") from None
-        write_atomic(path, data, overwrite=overwrite)
+        storage.write(path, data, overwrite=overwrite)
 
     def process(j):
         render = lambda raster, group, path: job(raster, group, format_for_path(path), path)  # noqa: E731
@@ -526,14 +535,20 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
             say(f"{j.source.path} -> {', '.join(str(o.path) for o in j.outputs) or '-'}")
 
     if report_path:
-        report.stream = open(report_path, "w", encoding="utf-8")
+        report.stream = storage.open_report(report_path, overwrite=overwrite)
     workers = jobs or os.cpu_count() or 1
     _share_threads(workers)
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     code = fatal = None
     try:
-        batch.run(jobs_, process, workers=workers, report=report, stop=stop, on_done=on_done)
+        if scheduler:  # [cluster]
+            from . import cluster
+
+            cluster.run(jobs_, job, scheduler=scheduler, report=report, stop=stop, limits=job.limits,
+                        overwrite=overwrite, device=job.options.device, on_done=on_done, on_note=warn)
+        else:
+            batch.run(jobs_, process, workers=workers, report=report, stop=stop, on_done=on_done)
     except batch.Interrupted as exc:
         code = exc.exit_code
     except WriteError as exc:

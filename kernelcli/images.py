@@ -64,7 +64,7 @@ class Raster:
 
 def format_for_path(path: str | Path) -> str:
     """The output format implied by a file name (e.g. 'PNG' for x.png, 'NPY' for x.npy)."""
-    ext = Path(path).suffix.lower()
+    ext = Path(str(path)).suffix.lower()  # str(): also an object URL (storage.ObjectPath)
     if ext in _ARRAY_EXT:
         return _ARRAY_EXT[ext]
     fmt = Image.registered_extensions().get(ext)

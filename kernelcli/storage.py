@@ -1,0 +1,442 @@
+"""Paths or URLs: local files through today's code, object stores and the web through fsspec.
+
+``s3://`` (the ``kernelcli[s3]`` extra: s3fs), ``gs://`` (``kernelcli[gcs]``: gcsfs) and read-only
+``http(s)://`` name objects; ``file://`` is a local path. Credentials and the endpoint come from
+the standard places (``AWS_*`` variables including ``AWS_ENDPOINT_URL``, profiles, the Google
+default credentials), plus ``--storage-option KEY=VALUE``. Local paths never import fsspec.
+
+Object stores have no folders: a "folder" is a key prefix ending in ``/``. Writes are one PUT
+(s3fs switches to a multipart upload that is completed only at the end for large objects), so
+no partial object ever stands under a real key; without overwrite the PUT is conditional
+(``If-None-Match: *``) where the store supports it. Access errors found while planning
+(endpoint, credentials, missing bucket) are usage errors naming the bucket (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .errors import ImageError, UsageError, WriteError
+
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+SCHEMES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
+EXTRAS = {"s3fs": "kernelcli[s3]", "gcsfs": "kernelcli[gcs]", "aiohttp": "aiohttp"}
+READ_ONLY = {"http", "https"}
+
+
+def is_url(text) -> bool:
+    """True for ``scheme://…`` text (``file://`` included) and for :class:`ObjectPath`."""
+    return isinstance(text, ObjectPath) or bool(_URL.match(str(text)))
+
+
+def as_path(text, options: "StorageOptions | None" = None):
+    """A local :class:`Path` for paths and ``file://`` URLs, an :class:`ObjectPath` for the rest."""
+    if isinstance(text, (ObjectPath, Path)):
+        return text
+    match = _URL.match(str(text))
+    if not match:
+        return Path(text)
+    scheme = match.group(1).lower()
+    if scheme == "file":
+        from urllib.parse import unquote, urlsplit
+
+        return Path(unquote(urlsplit(str(text)).path))
+    if scheme not in SCHEMES:
+        raise UsageError(f"{text}: unsupported URL scheme {scheme!r}; use s3://, gs://, http(s):// or file://")
+    return ObjectPath(str(text), options or StorageOptions())
+
+
+def locate(text, options: "StorageOptions"):
+    """A command-line path as the rest of kernelcli takes it: local text as given (``file://``
+    turned into its path), an :class:`ObjectPath` carrying ``options`` for store and web URLs."""
+    if not is_url(text):
+        return text
+    path = as_path(text, options)
+    return str(path) if isinstance(path, Path) else path
+
+
+def is_dir(path) -> bool:
+    """A local folder, or a prefix ("folder") in a store."""
+    return path.is_dir() if isinstance(path, ObjectPath) else os.path.isdir(path)
+
+
+def check_output(output, *, listing: bool) -> None:
+    """Before planning: a store output's bucket answers (usage errors otherwise); with
+    ``listing`` (an output folder) its keys are listed once for the no-clobber checks."""
+    if isinstance(output, ObjectPath):
+        check_bucket(output, write=True)
+        if listing:
+            prime(output)
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Keyword arguments for the fsspec file system (``--storage-option KEY=VALUE``), as a value."""
+
+    items: tuple = ()
+
+    @classmethod
+    def parse(cls, pairs) -> "StorageOptions":
+        """``KEY=VALUE`` texts; VALUE is read as JSON when it is JSON (true, 3, {"a": 1}), else text;
+        ``a.b=V`` nests (``client_kwargs.region_name=eu-west-1``)."""
+        items = []
+        for pair in pairs:
+            key, sep, text = pair.partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"--storage-option {pair!r}: expected KEY=VALUE")
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = text
+            items.append((key.strip(), value))
+        return cls(tuple(items))
+
+    def kwargs(self) -> dict:
+        out: dict = {}
+        for key, value in self.items:
+            *parents, last = key.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        return out
+
+
+_FILESYSTEMS: dict = {}  # (protocol, options) → fsspec file system, one per process
+
+
+def filesystem(scheme: str, options: StorageOptions):
+    """The fsspec file system for ``scheme``; a missing extra is a usage error naming it."""
+    key = (scheme, options)
+    if key not in _FILESYSTEMS:
+        module = SCHEMES[scheme]
+        try:
+            import fsspec
+
+            __import__(module)
+        except ImportError:
+            raise UsageError(f"{scheme}:// needs {module}: pip install \"{EXTRAS[module]}\"") from None
+        _FILESYSTEMS[key] = fsspec.filesystem(scheme, **options.kwargs())
+    return _FILESYSTEMS[key]
+
+
+def _store_errors() -> tuple:
+    """What a store raises for access problems: OSError (s3fs maps S3's answers onto it) and
+    the client libraries' own errors (endpoint unreachable, no credentials), when loaded."""
+    errors = [OSError]
+    for module, name in (("botocore.exceptions", "BotoCoreError"), ("aiohttp", "ClientError"),
+                         ("google.auth.exceptions", "GoogleAuthError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, PermissionError):
+        return f"access denied ({exc.strerror or exc}); check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile or --storage-option)"
+    if isinstance(exc, FileNotFoundError):
+        return f"not found ({exc.strerror or exc})"
+    return str(exc) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- object paths
+
+
+class ObjectPath:
+    """An object URL with the small part of :class:`pathlib.Path` that planning uses.
+
+    It is deliberately not os.PathLike: nothing local can be opened or created by mistake.
+    """
+
+    __slots__ = ("url", "options")
+
+    def __init__(self, url: str, options: StorageOptions = StorageOptions()):
+        scheme, rest = url.split("://", 1)
+        self.url = f"{scheme.lower()}://{rest}"
+        self.options = options
+
+    def __reduce__(self):
+        return (ObjectPath, (self.url, self.options))
+
+    # names
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0]
+
+    @property
+    def bucket(self) -> str:
+        return self.url.split("://", 1)[1].split("/", 1)[0]
+
+    @property
+    def key(self) -> str:
+        rest = self.url.split("://", 1)[1]
+        return rest.split("/", 1)[1] if "/" in rest else ""
+
+    @property
+    def _pure(self) -> PurePosixPath:
+        return PurePosixPath("/" + self.key)
+
+    name = property(lambda self: self._pure.name)
+    stem = property(lambda self: self._pure.stem)
+    suffix = property(lambda self: self._pure.suffix)
+
+    @property
+    def parent(self) -> "ObjectPath":
+        parent = posixpath.dirname(self.url.rstrip("/"))
+        return self if parent.endswith(":/") else ObjectPath(parent, self.options)
+
+    def __truediv__(self, other) -> "ObjectPath":
+        other = PurePosixPath(other).as_posix() if not isinstance(other, str) else other
+        if other in ("", "."):
+            return self
+        return ObjectPath(posixpath.normpath(self.url.rstrip("/") + "/" + other).replace(":/", "://", 1), self.options)
+
+    def with_name(self, name: str) -> "ObjectPath":
+        return self.parent / name
+
+    def resolve(self) -> "ObjectPath":
+        return self
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"ObjectPath({self.url!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ObjectPath) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    # the store
+    @property
+    def fs(self):
+        return filesystem(self.scheme, self.options)
+
+    @property
+    def _fs_path(self) -> str:
+        return self.url if self.scheme in READ_ONLY else self.url.split("://", 1)[1]
+
+    def exists(self) -> bool:
+        """Whether the object exists; access problems are usage errors (this runs while planning)."""
+        for base, present in _LISTED.items():
+            if self.url.startswith(base):
+                return self.url in present
+        try:
+            return self.fs.exists(self._fs_path)
+        except _store_errors() as exc:
+            raise UsageError(f"{self}: {self.where()}: {_reason(exc)}") from None
+
+    def is_symlink(self) -> bool:
+        return False
+
+    def is_dir(self) -> bool:
+        try:
+            return self.key.endswith("/") or self.key == "" or self.fs.isdir(self._fs_path)
+        except _store_errors() as exc:
+            raise UsageError(f"{self}: {self.where()}: {_reason(exc)}") from None
+
+    def where(self) -> str:
+        return f"bucket {self.bucket!r}" if self.scheme not in READ_ONLY else f"host {self.bucket!r}"
+
+
+_LISTED: dict = {}  # output prefix URL → the object URLs under it, listed once while planning (see prime)
+
+
+def check_bucket(path: ObjectPath, *, write: bool) -> None:
+    """Before any work: the endpoint answers, the credentials are accepted and the bucket
+    exists (usage errors, exit 2, naming the bucket); web URLs are never written."""
+    if path.scheme in READ_ONLY:
+        if write:
+            raise UsageError(f"{path}: {path.scheme}:// is read-only; write to a folder, s3:// or gs://")
+        return
+    try:
+        info = path.fs.info(path.bucket)
+        if info.get("type") != "directory":
+            raise FileNotFoundError(2, "no such bucket")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: bucket {path.bucket!r} does not exist") from None
+    except _store_errors() as exc:
+        raise UsageError(f"{path}: {path.where()}: {_reason(exc)}") from None
+
+
+def prime(prefix) -> None:
+    """List an output prefix once, so planning a thousand outputs asks the store once, not a
+    thousand times; :meth:`ObjectPath.exists` answers from it for keys under the prefix."""
+    if not isinstance(prefix, ObjectPath) or prefix.scheme in READ_ONLY:
+        return
+    base = prefix._fs_path.rstrip("/") + "/"
+    try:
+        present = set(prefix.fs.find(base))
+    except FileNotFoundError:
+        present = set()
+    except _store_errors() as exc:
+        raise UsageError(f"{prefix}: {prefix.where()}: {_reason(exc)}") from None
+    _LISTED[f"{prefix.scheme}://{base}"] = {f"{prefix.scheme}://{key}" for key in present}
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def list_inputs(path: ObjectPath, *, recursive=False, include=(), exclude=(), avoid=None):
+    """Image objects under a prefix (a "folder"), or the one object named; as batch Sources.
+
+    Keys ending in image extensions, hidden names (``.x``) left out, ``--include/--exclude``
+    on the name or the path relative to the prefix, ``avoid`` (the output prefix) never read.
+    Raises UsageError for access problems and a missing bucket.
+    """
+    from .batch import IMAGE_EXTENSIONS, Source, _matches
+
+    check_bucket(path, write=False)
+    if path.scheme in READ_ONLY:
+        return [Source(path, PurePosixPath(path.name))]
+    fs = path.fs
+    base = path._fs_path.rstrip("/")
+    try:
+        if not path.key.endswith("/") and fs.isfile(base):
+            return [Source(path, PurePosixPath(path.name))]
+        keys = sorted(fs.find(base + "/", maxdepth=None if recursive else 1))
+    except _store_errors() as exc:
+        raise UsageError(f"{path}: {path.where()}: {_reason(exc)}") from None
+    avoid_prefix = avoid._fs_path.rstrip("/") + "/" if isinstance(avoid, ObjectPath) else None
+    found = []
+    for key in keys:
+        rel = PurePosixPath(key[len(base) + 1:])
+        if avoid_prefix and key.startswith(avoid_prefix):
+            continue
+        if any(part.startswith(".") for part in rel.parts) or rel.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if _matches(rel, include, exclude):
+            found.append(Source(ObjectPath(f"{path.scheme}://{key}", path.options), rel))
+    return found
+
+
+# --------------------------------------------------------------------------- reading and writing
+
+
+def read_bytes(path, limit: int = 1 << 30) -> bytes:
+    """All bytes of an object (ImageError when it cannot be read: the input fails, the batch goes on)."""
+    try:
+        with path.fs.open(path._fs_path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except _store_errors() as exc:
+        raise ImageError(f"{path}: cannot read: {_reason(exc)}") from None
+    if len(data) > limit:
+        raise ImageError(f"{path}: more than {limit} bytes; refused")
+    return data
+
+
+def read(path, limits=None):
+    """Read an image or array from a local path (today's reader) or an object URL."""
+    from .images import Limits
+    from .images import read as read_local
+
+    limits = limits or Limits()
+    if not isinstance(path, ObjectPath):
+        return read_local(path, limits=limits)
+    return read_local(str(path), read_bytes(path, limits.max_bytes), limits)
+
+
+def write(path, data: bytes, *, overwrite: bool = False, idempotent: bool = False) -> None:
+    """Write ``data`` whole under ``path``: locally by temp file + rename (parents created),
+    to a store by one PUT (conditional without ``overwrite``). A failing destination raises
+    WriteError (the batch stops); an existing output without ``overwrite`` raises ImageError.
+
+    ``idempotent``: an existing output that holds exactly ``data`` counts as written (a task
+    retried after its worker died finds its own earlier output).
+    """
+    from .images import write_atomic
+
+    try:
+        if not isinstance(path, ObjectPath):
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise WriteError(f"{Path(path).parent}: cannot create folder: {exc.strerror or exc}") from None
+            write_atomic(path, data, overwrite=overwrite)
+        else:
+            _put(path, data, overwrite)
+    except WriteError:
+        raise
+    except ImageError:  # it exists
+        if not (idempotent and _same_bytes(path, data)):
+            raise
+
+
+def _put(path: "ObjectPath", data: bytes, overwrite: bool) -> None:
+    if path.scheme in READ_ONLY:
+        raise WriteError(f"{path}: {path.scheme}:// is read-only")
+    fs, key = path.fs, path._fs_path
+    exists = ImageError(f"{path}: already exists; pass --overwrite to replace it")
+    try:
+        if overwrite:
+            fs.pipe_file(key, data)
+        elif path.scheme.startswith("s3"):
+            try:
+                fs.pipe_file(key, data, mode="create")  # If-None-Match: *
+            except OSError as exc:  # 412 Precondition Failed when the key exists
+                if fs.exists(key):
+                    raise exists from None
+                raise WriteError(f"{path}: cannot write: {_reason(exc)}") from None
+        else:
+            if fs.exists(key):  # no conditional PUT through fsspec here: check, then write
+                raise exists
+            fs.pipe_file(key, data)
+    except (ImageError, WriteError):
+        raise
+    except _store_errors() as exc:
+        raise WriteError(f"{path}: cannot write: {_reason(exc)}") from None
+
+
+def _same_bytes(path, data: bytes) -> bool:
+    try:
+        existing = read_bytes(path, len(data)) if isinstance(path, ObjectPath) else Path(path).read_bytes()
+    except (ImageError, OSError):
+        return False
+    return existing == data
+
+
+def write_text_at_end(path, *, overwrite: bool):
+    """A text stream for --report on a store: collected, then written in one PUT by ``close()``."""
+    import io
+
+    class _Upload(io.StringIO):
+        def close(self):
+            if not self.closed:
+                write(path, self.getvalue().encode(), overwrite=overwrite)
+            super().close()
+
+    return _Upload()
+
+
+def open_report(report_path, *, overwrite: bool):
+    """The --report stream: a local file as today, or an object written when the run ends."""
+    path = as_path(report_path)
+    if isinstance(path, ObjectPath):
+        check_bucket(path, write=True)
+        if not overwrite and path.exists():
+            raise UsageError(f"{path}: already exists; pass --overwrite to replace it")
+        return write_text_at_end(path, overwrite=overwrite)
+    return open(path, "w", encoding="utf-8")
+
+
+def read_list_bytes(text) -> bytes:
+    """--files-from FILE where FILE may be a URL."""
+    path = as_path(text)
+    if isinstance(path, ObjectPath):
+        check_bucket(path, write=False)
+        try:
+            return read_bytes(path)
+        except ImageError as exc:
+            raise UsageError(str(exc)) from None
+    return Path(path).read_bytes()
