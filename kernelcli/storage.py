@@ -125,7 +125,8 @@ def filesystem(scheme: str, options: StorageOptions):
             __import__(module)
         except ImportError:
             raise UsageError(f"{scheme}:// needs {module}: pip install \"{EXTRAS[module]}\"") from None
-        _FILESYSTEMS[key] = fsspec.filesystem(scheme, **options.kwargs())
+        defaults = {} if scheme in READ_ONLY else {"use_listings_cache": False}  # other writers: list afresh
+        _FILESYSTEMS[key] = fsspec.filesystem(scheme, **{**defaults, **options.kwargs()})
     return _FILESYSTEMS[key]
 
 
