@@ -27,19 +27,23 @@ from .batch import Interrupted, Job, Report, Terminated, process_job
 from .errors import KernelcliError, UsageError, WriteError
 
 
-def process_files(jobs: list[Job], render, *, limits=None, overwrite: bool = False) -> list[dict]:
+def process_files(jobs: list[Job], render, *, limits=None, overwrite: bool = False, stop=None) -> list[dict]:
     """Read → filter → write each job's input; one record per job, in order.
 
     ``render(raster, kernels, fmt, name) -> bytes`` encodes one output. A record is a dict:
     ``status`` ("ok", "skipped", "failed"), ``error`` (the message or None), ``notes``
     (reader warnings) and ``fatal`` (True when the destination failed: the chunk stops there).
+    ``stop`` (anything with ``is_set()``): once set, the file at hand is finished and no
+    other is started; the records end there.
     """
     from . import storage
     from .images import format_for_path
 
-    never = threading.Event()
+    stop = stop if stop is not None else threading.Event()
     records = []
     for job in jobs:
+        if stop.is_set():
+            break
         notes: list[str] = []
 
         def read(path):
@@ -50,18 +54,35 @@ def process_files(jobs: list[Job], render, *, limits=None, overwrite: bool = Fal
         record = {"status": "failed", "error": None, "notes": notes, "fatal": False}
         try:
             record["status"] = process_job(
-                job, read=read, stop=never,
+                job, read=read, stop=stop,
                 render=lambda raster, group, path: render(raster, group, format_for_path(path), path),
                 write=lambda path, data: storage.write(path, data, overwrite=overwrite, idempotent=True),
             )
         except WriteError as exc:
             record.update(error=str(exc), fatal=True)
+        except Interrupted:
+            break
         except KernelcliError as exc:
             record["error"] = str(exc)
         records.append(record)
         if record["fatal"]:
             break
     return records
+
+
+class TaskCancelled:
+    """``is_set()`` inside a Dask task: true once the client has cancelled the task, so a
+    running chunk stops after the file at hand (Dask cannot stop a running thread)."""
+
+    def is_set(self) -> bool:
+        from distributed import get_worker
+        from distributed.worker import thread_state
+
+        key = getattr(thread_state, "key", None)
+        if key is None:
+            return False
+        task = get_worker().state.tasks.get(key)
+        return task is None or task.state in ("cancelled", "released", "forgotten")
 
 
 def connect(address: str):
@@ -117,7 +138,7 @@ def run(jobs: list[Job], render, *, scheduler: str, report: Report, stop: thread
         resources = {"GPU": 1} if device and device.startswith("cuda") else None
         for chunk in chunked(todo, workers):
             future = client.submit(process_files, chunk, render, limits=limits, overwrite=overwrite,
-                                   pure=False, resources=resources)
+                                   stop=TaskCancelled(), pure=False, resources=resources)
             futures[future] = chunk
         _collect(client, futures, report, stop, on_done, on_note, as_completed)
     finally:

@@ -169,7 +169,10 @@ def dask_cluster(s3_server, tmp_path_factory):
             client.wait_for_workers(2, timeout=60)
         yield cluster
     finally:
-        for proc in workers:  # workers first, then the scheduler
+        for proc in workers:  # workers first (asked together, then waited on), then the scheduler
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in workers:
             stop(proc)
         stop(scheduler)
 
