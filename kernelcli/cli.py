@@ -94,7 +94,7 @@ def user_kernel_files(extra=()) -> list[Path]:
         files.append(user)
     env = os.environ.get("KERNELCLI_KERNELS", "")
     files += [Path(p) for p in env.split(os.pathsep) if p]
-    files += [Path(p) for p in extra]
+    files += [p if "://" in p else Path(p) for p in extra]  # [storage] --kernels URL
     return files
 
 

@@ -481,12 +481,17 @@ class _FileParser:
 
 def load_file(path: str | Path) -> list[Kernel]:
     """Read and validate one kernel file; raise KernelFileError naming file and line."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KernelFileError(f"{path}: cannot read kernel file: {exc.strerror or exc}") from None
+    if "://" in str(path):  # [storage] a kernel file at a URL (s3://, gs://, http(s)://)
+        from .storage import read_config
+
+        data = read_config(path, MAX_FILE_BYTES + 1)
+    else:
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise KernelFileError(f"{path}: cannot read kernel file: {exc.strerror or exc}") from None
     if len(data) > MAX_FILE_BYTES:
         raise KernelFileError(f"{path}: kernel file is larger than {MAX_FILE_BYTES} bytes")
     try:
@@ -573,7 +578,7 @@ class KernelLibrary:
     @classmethod
     def load(cls, paths=(), *, shipped: bool = True) -> "KernelLibrary":
         lib = cls()
-        for path in ([shipped_path()] if shipped else []) + [Path(p) for p in paths]:
+        for path in ([shipped_path()] if shipped else []) + [p if "://" in str(p) else Path(p) for p in paths]:
             lib.add(load_file(path))
         lib.link()
         return lib

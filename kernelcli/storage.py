@@ -431,6 +431,23 @@ def open_report(report_path, *, overwrite: bool):
     return open(path, "w", encoding="utf-8")
 
 
+def read_config(text, limit: int) -> bytes:
+    """A kernel file at a URL, up to ``limit`` bytes; any failure is a KernelFileError (exit 2)."""
+    from .errors import KernelFileError
+
+    path = as_path(text)
+    try:
+        if not isinstance(path, ObjectPath):  # file://
+            with open(path, "rb") as fh:
+                return fh.read(limit)
+        check_bucket(path, write=False)
+        return read_bytes(path, limit)
+    except OSError as exc:
+        raise KernelFileError(f"{path}: cannot read kernel file: {exc.strerror or exc}") from None
+    except (UsageError, ImageError) as exc:
+        raise KernelFileError(f"cannot read kernel file: {exc}") from None
+
+
 def read_list_bytes(text) -> bytes:
     """--files-from FILE where FILE may be a URL."""
     path = as_path(text)

@@ -178,3 +178,46 @@ def test_local_runs_and_help_do_not_import_fsspec(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (tmp_path / "x.png").exists()
     assert proc.stderr.strip().endswith("[]"), proc.stderr
+
+
+@pytest.fixture
+def web(tmp_path):
+    """A real read-only web server on loopback serving ``tmp_path/www``."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    (tmp_path / "www").mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "www")))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield tmp_path / "www", f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_inputs_and_kernel_files_over_http_are_read_only(web, tmp_path):
+    folder, url = web
+    (folder / "camera.png").write_bytes((ROOT / "samples" / "camera.png").read_bytes())
+    (folder / "k.yaml").write_text("version: 1\nkernels:\n  half-edge:\n    description: x\n    divisor: 2\n"
+                                   "    matrix: [[1, 0, -1], [2, 0, -2], [1, 0, -1]]\n")
+    (tmp_path / "k.yaml").write_text((folder / "k.yaml").read_text())
+    result = run("apply", "--kernels", f"{url}/k.yaml", "-k", "half-edge", f"{url}/camera.png", "-o", tmp_path / "web.png")
+    assert result.exit_code == 0, result.stderr
+    local = run("apply", "--kernels", tmp_path / "k.yaml", "-k", "half-edge", folder / "camera.png", "-o",
+                tmp_path / "local.png")
+    assert local.exit_code == 0
+    assert (tmp_path / "web.png").read_bytes() == (tmp_path / "local.png").read_bytes()
+    result = run("apply", "-k", "blur", folder / "camera.png", "-o", f"{url}/out.png")
+    assert result.exit_code == 2
+    assert result.stderr == f"kernelcli: error: {url}/out.png: http:// is read-only; write to a folder, s3:// or gs://\n"
+    assert not (folder / "out.png").exists()
+    result = run("apply", "-k", "blur", f"file://{folder}/camera.png", "-o", f"file://{tmp_path}/file.png")
+    assert result.exit_code == 0 and (tmp_path / "file.png").exists()
