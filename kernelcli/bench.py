@@ -6,6 +6,7 @@ Workloads are generated from ``samples/`` (no downloads):
   W3  the same photo, Gaussian blur sigma 5 (vips gaussblur, ImageMagick -blur 0x5)
   W4  kernelcli --help and kernelcli kernels list
   W5  peak memory of W2
+  W8  1,000 small JPEGs S3 → S3, one process vs a 2-worker local Dask cluster (bench_w8.py)
 Tools alternate within each repetition; the table shows medians.
 """
 
@@ -185,12 +186,38 @@ def split(w1: Path, photo: Path, quality: int) -> dict[str, dict[str, float]]:
 def bench(work: Path, samples: Path, *, repeat: int = 3, quality: int = 90, device: str | None = None,
           only=None, log=print) -> dict:
     """Run every workload ``repeat`` times, tools alternating; return medians, ratios, targets."""
+    import contextlib
+
+    from . import bench_w8
+
     w1, photo = prepare(work, samples, quality=quality)
     tools = peers()
     plan = commands(work, w1, photo, tools, quality, device)
     if only:
         plan = {k: v for k, v in plan.items() if k == "start-up" or k.split()[0] in only}
     results: dict[tuple[str, str], Result] = {}
+    phases: dict = {}
+    with contextlib.ExitStack() as servers:  # [W8] a private S3 server while the workloads run
+        if not only or "W8" in only:
+            why = bench_w8.missing()
+            if why:
+                log(f"W8 skipped: {why}")
+            else:
+                log("W8: starting SeaweedFS and uploading 1,000 JPEGs")
+                store = servers.enter_context(bench_w8.LocalS3(work))
+                source = bench_w8.prepare(store, samples, quality=quality)
+                plan["W8"] = bench_w8.commands(source, quality, device)
+                saved = dict(os.environ)
+                servers.callback(lambda: (os.environ.clear(), os.environ.update(saved)))
+                os.environ.update(store.env)  # the commands find the store in the standard places
+                phases["W8 (100 files, S3)"] = bench_w8.split(store, source, quality)
+        _repeat(plan, results, repeat, work, log)
+    if not only or "W1" in only:
+        phases.update(split(w1, photo, quality))
+    return summarise(results, tools, phases)
+
+
+def _repeat(plan, results, repeat, work, log) -> None:
     for rep in range(repeat):
         for workload, by_tool in plan.items():
             for tool, cmd in by_tool.items():
@@ -201,7 +228,6 @@ def bench(work: Path, samples: Path, *, repeat: int = 3, quality: int = 90, devi
                 r = results.setdefault((workload, tool), Result(workload, tool))
                 r.seconds.append(wall)
                 r.peak_mb = max(r.peak_mb or 0, peak)
-    return summarise(results, tools, split(w1, photo, quality) if not only or "W1" in only else {})
 
 
 def summarise(results, tools, phases) -> dict:
@@ -214,8 +240,8 @@ def summarise(results, tools, phases) -> dict:
     for (workload, tool), r in results.items():
         row = {"workload": workload, "tool": tool, "seconds": round(r.median, 3), "runs": len(r.seconds),
                "peak_mb": round(r.peak_mb, 1) if r.peak_mb else None}
-        if workload in ("W1",):
-            row["files_per_second"] = round(150 / r.median, 1)
+        if workload in ("W1", "W8"):
+            row["files_per_second"] = round((150 if workload == "W1" else 1000) / r.median, 1)
         if workload in ("W2", "W3"):
             row["megapixels_per_second"] = round(24 / r.median, 1)
             if tool == "kernelcli":

@@ -56,3 +56,15 @@ def test_ratios_and_targets():
     assert targets["W2"]["value"] == pytest.approx((1.5 - 1.1) / 0.4) and targets["W2"]["met"]
     assert not targets["W4 help"]["met"]
     assert targets["W5"]["value"] == 500 and targets["W5"]["met"]
+
+
+def test_w8_compares_one_process_with_a_two_worker_cluster():
+    from kernelcli import bench_w8
+
+    cmds = bench_w8.commands("s3://b/w8/in/", 90, None)
+    assert cmds["kernelcli local:2"][-2:] == ["--scheduler", "local:2"]
+    assert "--scheduler" not in cmds["kernelcli"]
+    assert {c[c.index("-o") + 1] for c in cmds.values()} == {"s3://kernelcli-bench/w8/out-local/",
+                                                              "s3://kernelcli-bench/w8/out-dask/"}
+    data = bench.summarise({("W8", "kernelcli"): bench.Result("W8", "kernelcli", [4.0])}, {}, {})
+    assert data["rows"][0]["files_per_second"] == 250
