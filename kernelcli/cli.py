@@ -322,6 +322,8 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
 
         where = StorageOptions.parse(storage_options)
         inputs, output = tuple(locate(p, where) for p in inputs), output and locate(output, where)
+        if ("-" in inputs or output == "-") and any("://" in str(p) for p in (*inputs, output)):
+            raise UsageError("- (stdin/stdout) works with local files only; write to a file or s3:// instead")
     if "-" in inputs or output == "-":
         _check_device(options)
         return _apply_stream(job, inputs, output, fmt, files_from, each, overwrite)

@@ -69,13 +69,14 @@ def test_chunks_keep_every_worker_busy_and_retries_cheap():
     assert chunked([], 3) == []
 
 
-def test_s3_to_s3_on_the_cluster_equals_the_library_and_a_local_run(s3, dask_cluster, prefix, tmp_path):
+def test_s3_to_s3_on_the_cluster_equals_the_library_and_a_local_run(s3, dask_cluster, prefix, tmp_path, monkeypatch):
     fs = s3.fs()
     images = upload_images(fs, prefix, 24)
+    monkeypatch.setenv("KERNELCLI_SCHEDULER", dask_cluster.address)
     with dask_cluster.client() as client:
         before = executed(client)
         result = run("apply", "-k", "sharpen", "-k", "blur", f"s3://{prefix}/in/", "-o", f"s3://{prefix}/out/",
-                     "--scheduler", dask_cluster.address, "--report", tmp_path / "run.jsonl")
+                     "--report", tmp_path / "run.jsonl")
         after = executed(client)
     assert result.exit_code == 0, result.stderr
     assert "24 processed, 0 skipped, 0 failed" in result.stderr
@@ -146,3 +147,11 @@ def test_ctrl_c_cancels_the_tasks_and_exits_130(s3_server, dask_cluster, prefix)
         np.testing.assert_array_equal(decoded(data), kernelcli.apply(images[name], "gaussian:2"))
     time.sleep(0.5)
     assert len(fs.find(f"{prefix}/out")) == len(written)  # nothing written once the workers are idle
+
+
+def test_a_bad_local_scheduler_is_a_usage_error(tmp_path):
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    result = run("apply", "-k", "blur", tmp_path / "a.png", "-o", tmp_path / "out.png", "--scheduler", "local:x")
+    assert result.exit_code == 2
+    assert result.stderr == "kernelcli: error: --scheduler local:x: expected local or local:N with N ≥ 1\n"
+    assert not (tmp_path / "out.png").exists()

@@ -221,3 +221,16 @@ def test_inputs_and_kernel_files_over_http_are_read_only(web, tmp_path):
     assert not (folder / "out.png").exists()
     result = run("apply", "-k", "blur", f"file://{folder}/camera.png", "-o", f"file://{tmp_path}/file.png")
     assert result.exit_code == 0 and (tmp_path / "file.png").exists()
+
+
+def test_files_from_a_list_of_urls_in_the_store(s3, prefix, tmp_path, rng):
+    paths = photos(tmp_path / "in", rng)
+    fs = s3.fs()
+    for p in paths:
+        fs.pipe(f"{prefix}/in/{p.name}", p.read_bytes())
+    fs.pipe(f"{prefix}/list.txt", f"s3://{prefix}/in/p2.png\ns3://{prefix}/in/p1.jpg\n".encode())
+    result = run("apply", "-k", "sharpen", "--files-from", f"s3://{prefix}/list.txt", "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p1.jpg", "p2.png"]
+    result = run("apply", "-k", "sharpen", f"s3://{prefix}/in/p2.png", "-o", "-")
+    assert result.exit_code == 2 and "works with local files only" in result.stderr
