@@ -480,7 +480,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         str(output).endswith(("/", os.sep)) or storage.is_dir(output) or len(inputs) + len(listed) > 1
         or any(storage.is_dir(p) for p in inputs) or (each and len(job.kernels) > 1)
     )
-    if dir_mode or output:  # [storage] the endpoint, credentials and bucket answer before any work
+    if output:  # [storage] a store's endpoint, credentials and bucket answer before any work
         storage.check_output(output, listing=dir_mode)
     sources, bad = batch.find_inputs(inputs, recursive=recursive, include=include, exclude=exclude,
                                      listed=listed, avoid=output if dir_mode else None)
