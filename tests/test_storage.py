@@ -234,3 +234,15 @@ def test_files_from_a_list_of_urls_in_the_store(s3, prefix, tmp_path, rng):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p1.jpg", "p2.png"]
     result = run("apply", "-k", "sharpen", f"s3://{prefix}/in/p2.png", "-o", "-")
     assert result.exit_code == 2 and "works with local files only" in result.stderr
+
+
+def test_an_unreachable_endpoint_is_a_usage_error_naming_the_bucket(s3, tmp_path, rng):
+    from tests.servers import free_port
+
+    photos(tmp_path / "in", rng)
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = run("apply", "-k", "blur", tmp_path / "in", "-o", f"s3://{BUCKET}/out/", "-r",
+                 "--storage-option", f"endpoint_url={endpoint}", "--storage-option", "config_kwargs.retries.max_attempts=1")
+    assert result.exit_code == 2
+    assert result.stderr == (f"kernelcli: error: s3://{BUCKET}/out/: bucket '{BUCKET}': "
+                             f"Could not connect to the endpoint URL: \"{endpoint}/{BUCKET}\"\n")
