@@ -481,7 +481,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         or any(storage.is_dir(p) for p in inputs) or (each and len(job.kernels) > 1)
     )
     if output:  # [storage] a store's endpoint, credentials and bucket answer before any work
-        storage.check_output(output, listing=dir_mode)
+        output = storage.check_output(output, listing=dir_mode)
     sources, bad = batch.find_inputs(inputs, recursive=recursive, include=include, exclude=exclude,
                                      listed=listed, avoid=output if dir_mode else None)
     if not sources and not bad:

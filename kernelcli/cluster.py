@@ -123,19 +123,27 @@ def run(jobs: list[Job], render, *, scheduler: str, report: Report, stop: thread
     """
     from distributed import as_completed
 
-    for job in jobs:  # known bad before any work: recorded here, never sent
-        if job.error:
-            report.record(job, "failed", job.error)
+    todo = []
+    for job in jobs:  # known bad before any work, or all outputs kept: recorded here, never sent
+        if job.error or all(o.skip for o in job.outputs):
+            report.record(job, "failed" if job.error else "skipped", job.error)
             if on_done is not None:
                 on_done(job)
-    todo = [job for job in jobs if not job.error]
+        else:
+            todo.append(job)
     if not todo:
         return
     client, cluster = connect(scheduler)
     futures = {}
     try:
-        workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
-        resources = {"GPU": 1} if device and device.startswith("cuda") else None
+        info = client.scheduler_info(n_workers=-1).get("workers", {})
+        workers = max(1, len(info))
+        resources = None
+        if device and device.startswith("cuda") and cluster is None:  # a local cluster has this machine's GPUs
+            if not any(w.get("resources", {}).get("GPU") for w in info.values()):
+                raise UsageError(f"--device {device}: no worker of {scheduler} offers the GPU resource; "
+                                 "start GPU workers with: dask worker ADDRESS --resources GPU=1")
+            resources = {"GPU": 1}
         for chunk in chunked(todo, workers):
             future = client.submit(process_files, chunk, render, limits=limits, overwrite=overwrite,
                                    stop=TaskCancelled(), pure=False, resources=resources)

@@ -66,13 +66,15 @@ def is_dir(path) -> bool:
     return path.is_dir() if isinstance(path, ObjectPath) else os.path.isdir(path)
 
 
-def check_output(output, *, listing: bool) -> None:
+def check_output(output, *, listing: bool):
     """Before planning: a store output's bucket answers (usage errors otherwise); with
-    ``listing`` (an output folder) its keys are listed once for the no-clobber checks."""
+    ``listing`` (an output folder) its keys are listed once for the no-clobber checks.
+    Returns the output to plan with."""
     if isinstance(output, ObjectPath):
         check_bucket(output, write=True)
         if listing:
-            prime(output)
+            return prime(output)
+    return output
 
 
 # --------------------------------------------------------------------------- options
@@ -111,12 +113,15 @@ class StorageOptions:
         return out
 
 
-_FILESYSTEMS: dict = {}  # (protocol, options) → fsspec file system, one per process
+_FILESYSTEMS: dict = {}  # (protocol, options, credential variables) → fsspec file system
+_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
 
 
 def filesystem(scheme: str, options: StorageOptions):
     """The fsspec file system for ``scheme``; a missing extra is a usage error naming it."""
-    key = (scheme, options)
+    # JSON values may be unhashable dicts; changed credential variables make a new file system
+    key = (scheme, json.dumps(options.items, sort_keys=True), tuple(os.environ.get(v) for v in _ENVIRONMENT))
     if key not in _FILESYSTEMS:
         module = SCHEMES[scheme]
         try:
@@ -125,7 +130,9 @@ def filesystem(scheme: str, options: StorageOptions):
             __import__(module)
         except ImportError:
             raise UsageError(f"{scheme}:// needs {module}: pip install \"{EXTRAS[module]}\"") from None
-        defaults = {} if scheme in READ_ONLY else {"use_listings_cache": False}  # other writers: list afresh
+        defaults = {"skip_instance_cache": True}  # cached here, by the credentials too
+        if scheme not in READ_ONLY:
+            defaults["use_listings_cache"] = False  # other writers: list afresh
         _FILESYSTEMS[key] = fsspec.filesystem(scheme, **{**defaults, **options.kwargs()})
     return _FILESYSTEMS[key]
 
@@ -156,16 +163,19 @@ class ObjectPath:
     """An object URL with the small part of :class:`pathlib.Path` that planning uses.
 
     It is deliberately not os.PathLike: nothing local can be opened or created by mistake.
+    ``listed`` (from :func:`prime`): a prefix URL and the object URLs under it, listed once
+    while planning; paths joined onto this one inherit it and answer ``exists()`` from it.
     """
 
-    __slots__ = ("url", "options")
+    __slots__ = ("url", "options", "listed")
 
-    def __init__(self, url: str, options: StorageOptions = StorageOptions()):
+    def __init__(self, url: str, options: StorageOptions = StorageOptions(), listed=None):
         scheme, rest = url.split("://", 1)
         self.url = f"{scheme.lower()}://{rest}"
         self.options = options
+        self.listed = listed
 
-    def __reduce__(self):
+    def __reduce__(self):  # to Dask workers: the URL and the --storage-option values
         return (ObjectPath, (self.url, self.options))
 
     # names
@@ -193,13 +203,14 @@ class ObjectPath:
     @property
     def parent(self) -> "ObjectPath":
         parent = posixpath.dirname(self.url.rstrip("/"))
-        return self if parent.endswith(":/") else ObjectPath(parent, self.options)
+        return self if parent.endswith(":/") else ObjectPath(parent, self.options, self.listed)
 
     def __truediv__(self, other) -> "ObjectPath":
         other = PurePosixPath(other).as_posix() if not isinstance(other, str) else other
         if other in ("", "."):
             return self
-        return ObjectPath(posixpath.normpath(self.url.rstrip("/") + "/" + other).replace(":/", "://", 1), self.options)
+        joined = posixpath.normpath(self.url.rstrip("/") + "/" + other).replace(":/", "://", 1)
+        return ObjectPath(joined, self.options, self.listed)
 
     def with_name(self, name: str) -> "ObjectPath":
         return self.parent / name
@@ -230,9 +241,8 @@ class ObjectPath:
 
     def exists(self) -> bool:
         """Whether the object exists; access problems are usage errors (this runs while planning)."""
-        for base, present in _LISTED.items():
-            if self.url.startswith(base):
-                return self.url in present
+        if self.listed is not None and self.url.startswith(self.listed[0]):
+            return self.url in self.listed[1]
         try:
             return self.fs.exists(self._fs_path)
         except _store_errors() as exc:
@@ -249,9 +259,6 @@ class ObjectPath:
 
     def where(self) -> str:
         return f"bucket {self.bucket!r}" if self.scheme not in READ_ONLY else f"host {self.bucket!r}"
-
-
-_LISTED: dict = {}  # output prefix URL → the object URLs under it, listed once while planning (see prime)
 
 
 def check_bucket(path: ObjectPath, *, write: bool) -> None:
@@ -271,11 +278,9 @@ def check_bucket(path: ObjectPath, *, write: bool) -> None:
         raise UsageError(f"{path}: {path.where()}: {_reason(exc)}") from None
 
 
-def prime(prefix) -> None:
-    """List an output prefix once, so planning a thousand outputs asks the store once, not a
-    thousand times; :meth:`ObjectPath.exists` answers from it for keys under the prefix."""
-    if not isinstance(prefix, ObjectPath) or prefix.scheme in READ_ONLY:
-        return
+def prime(prefix: "ObjectPath") -> "ObjectPath":
+    """The prefix, listed once: planning a thousand outputs under it then asks the store once,
+    not a thousand times (:meth:`ObjectPath.exists` answers from the listing)."""
     base = prefix._fs_path.rstrip("/") + "/"
     try:
         present = set(prefix.fs.find(base))
@@ -283,7 +288,8 @@ def prime(prefix) -> None:
         present = set()
     except _store_errors() as exc:
         raise UsageError(f"{prefix}: {prefix.where()}: {_reason(exc)}") from None
-    _LISTED[f"{prefix.scheme}://{base}"] = {f"{prefix.scheme}://{key}" for key in present}
+    listed = (f"{prefix.scheme}://{base}", frozenset(f"{prefix.scheme}://{key}" for key in present))
+    return ObjectPath(prefix.url, prefix.options, listed)
 
 
 # --------------------------------------------------------------------------- listing

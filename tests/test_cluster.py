@@ -155,3 +155,13 @@ def test_a_bad_local_scheduler_is_a_usage_error(tmp_path):
     assert result.exit_code == 2
     assert result.stderr == "kernelcli: error: --scheduler local:x: expected local or local:N with N ≥ 1\n"
     assert not (tmp_path / "out.png").exists()
+
+
+def test_cuda_without_gpu_workers_is_a_usage_error(dask_cluster, tmp_path):
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    result = run("apply", "-k", "blur", tmp_path / "a.png", "-o", tmp_path / "out.png", "--device", "cuda",
+                 "--scheduler", dask_cluster.address)
+    assert result.exit_code == 2
+    assert result.stderr == (f"kernelcli: error: --device cuda: no worker of {dask_cluster.address} offers the GPU "
+                             "resource; start GPU workers with: dask worker ADDRESS --resources GPU=1\n")
+    assert not (tmp_path / "out.png").exists()
