@@ -10,7 +10,7 @@ loaded on first use::
     edges = kernelcli.apply(array, "sobel-right", raw=True, border="reflect")  # float array
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "apply",

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from . import __version__
+from .version import __version__
 from .errors import (
     DeviceError,
     ImageError,

@@ -128,8 +128,17 @@ def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), av
     ``on_skip(path)`` is told of FIFOs, devices and sockets found in folders and lists.
     """
     sources, bad = [], []
-    avoid = Path(avoid).resolve() if avoid else None
+    avoid = Path(avoid).resolve() if avoid and not _is_url(avoid) else avoid
     for given, is_listed in [(p, False) for p in paths] + [(p, True) for p in listed]:
+        if _is_url(given):  # [storage] a prefix ("folder") or an object in a store, or a web URL
+            from .storage import as_path, list_objects
+
+            objects = list_objects(as_path(given), recursive=recursive, avoid=avoid)
+            if len(objects) == 1 and objects[0][0] == as_path(given):  # the one object named: taken as given
+                sources.append(Source(*objects[0]))
+            else:  # a prefix: its image objects, as the files of a folder
+                sources += [Source(o, rel) for o, rel in objects if _wanted(rel, include, exclude)]
+            continue
         path = Path(given)
         kind = _kind(path)
         if kind == "dir" and not is_listed:
@@ -167,16 +176,21 @@ def _scan(folder: Path, recursive, include, exclude, avoid, on_skip=None):
             dirs[:] = []
         for name in sorted(files):
             path = root_path / name
-            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
             rel = path.relative_to(folder)
-            if not _matches(rel, include, exclude):
+            if not _wanted(rel, include, exclude):
                 continue
             if _kind(path) != "other":  # a broken link fails later, when read, as a named failure
                 found.append(Source(path, rel))
             elif on_skip is not None:
                 on_skip(path)
     return found
+
+
+def _wanted(rel, include, exclude) -> bool:
+    """A file found in a folder (or an object under a prefix) is an input: an image extension,
+    no hidden part (``.x``), and it passes --include/--exclude."""
+    return (rel.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in rel.parts)
+            and _matches(rel, include, exclude))
 
 
 def read_list(data: bytes, null: bool) -> list[str]:
@@ -212,6 +226,8 @@ def inside(base: Path, sub: Path, name: str, template: str) -> Path:
     if os.path.isabs(name) or any(p in ("", ".", "..") for p in parts):
         raise UsageError(f"--name {template!r} gives {path}, outside the folder {base}; "
                          "a name may not be absolute or contain an empty, . or .. part")
+    if _is_url(base):  # [storage] object keys have no links: the name checks above are the whole rule
+        return path
     real_base = base.resolve()
     real = path.parent.resolve() / path.name  # a link at the name itself is replaced, not followed
     if real != real_base and real_base not in real.parents:
@@ -231,7 +247,7 @@ def check_writable(path: Path) -> None:
         raise UsageError(f"{path}: cannot write here: no permission to write in {folder}")
 
 
-def check_report(path: Path, jobs, *, overwrite: bool) -> None:
+def check_report(path, jobs, *, overwrite: bool) -> None:
     """The --report file is an output planned with the others: never an input, never one of
     the image outputs, never an existing file without ``overwrite``; its folder writable."""
     taken = {_key(o.path): "is also an image output" for j in jobs for o in j.outputs}
@@ -239,6 +255,13 @@ def check_report(path: Path, jobs, *, overwrite: bool) -> None:
     key = _key(path)
     if key in taken:
         raise UsageError(f"--report {path}: {taken[key]}; choose another name")
+    if _is_url(path):  # [storage] the bucket answers for writing; an existing object is kept
+        from .storage import check_bucket
+
+        check_bucket(path, write=True)
+        if path.exists() and not overwrite:
+            raise UsageError(f"--report {path}: already exists; pass --overwrite to replace it")
+        return
     if os.path.isdir(path):
         raise UsageError(f"--report {path}: is a directory")
     if os.path.lexists(path) and not overwrite:
@@ -265,11 +288,11 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
             label = "+".join(k.name for k in group)
             ext = ext_for(s)
             if out_file is not None:
-                path = Path(out_file)
+                path = _path(out_file)
             else:
                 name = output_name(template, s, label, ext)
                 if out_dir is not None:
-                    path = inside(Path(out_dir), s.rel.parent, name, template)
+                    path = inside(_path(out_dir), s.rel.parent, name, template)
                 else:
                     path = inside(s.path.parent, Path(), name, template)
             key = _key(path)
@@ -279,21 +302,42 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
                 raise UsageError(f"{seen[key]} and {s.path} would both be written to {path}; use --name with {{parent}} or another -o")
             seen[key] = s.path
             skip = False
-            if os.path.lexists(path):  # False, not an error, for a name too long: that input fails later
+            if _exists(path):  # False, not an error, for a name too long: that input fails later
                 if skip_existing:
                     skip = True
                 elif not overwrite:
                     raise UsageError(f"{path}: already exists; pass --overwrite to replace it or --skip-existing to keep it")
             outputs.append(Output(path, group, skip))
         jobs.append(Job(s, outputs))
-    for folder in dict.fromkeys(o.path.parent for j in jobs for o in j.outputs):
-        check_writable(folder / "x")
+    for folder in dict.fromkeys(o.path.parent for j in jobs for o in j.outputs if not _is_url(o.path)):
+        check_writable(folder / "x")  # a store's bucket was checked for writing by storage.check_output
     return jobs
+
+
+def _exists(path) -> bool:
+    """An output is there already: an object in a store, or anything on disk (a dangling link too)."""
+    return path.exists() if _is_url(path) else os.path.lexists(path)
 
 
 def _key(path: Path) -> str:
     """One key per file on disk: resolved path (follows links), so a link to an input is an input."""
+    if _is_url(path):  # [storage] an object has one name
+        return str(path)
     return os.path.normcase(str(Path(path).resolve()))
+
+
+def _is_url(path) -> bool:
+    """[storage] ``scheme://…`` (an ObjectPath or text); decided without importing fsspec."""
+    return "://" in str(path)
+
+
+def _path(text):
+    """[storage] A Path for local paths, an ObjectPath for URLs."""
+    if _is_url(text):
+        from .storage import as_path
+
+        return as_path(text)
+    return Path(text)
 
 
 # --------------------------------------------------------------------------- running

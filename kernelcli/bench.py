@@ -9,6 +9,7 @@ Workloads are generated from ``samples/`` (no downloads):
   W6  100 calls in a shell loop, one 512x512 JPEG each, sharpen: the `kernelcli` client with a
       warm server, and in-process (--no-server, 10 calls); convert -morphology Correlate; vips conv
   W7  a 3-stage pipe (blur | emboss | sharpen) on one 512x512 JPEG, kernelcli and convert
+  W8  1,000 small JPEGs S3 → S3, one process vs a 2-worker local Dask cluster (bench_w8.py)
 Tools alternate within each repetition; the table shows medians.
 """
 
@@ -228,6 +229,10 @@ def split(w1: Path, photo: Path, quality: int) -> dict[str, dict[str, float]]:
 def bench(work: Path, samples: Path, *, repeat: int = 3, quality: int = 90, device: str | None = None,
           only=None, log=print) -> dict:
     """Run every workload ``repeat`` times, tools alternating; return medians, ratios, targets."""
+    import contextlib
+
+    from . import bench_w8
+
     w1, photo = prepare(work, samples, quality=quality)
     tools = peers()
     plan = commands(work, w1, photo, tools, quality, device)
@@ -237,6 +242,34 @@ def bench(work: Path, samples: Path, *, repeat: int = 3, quality: int = 90, devi
     if "W6" in plan or "W7" in plan:
         server = warm_server(log)
     results: dict[tuple[str, str], Result] = {}
+    phases: dict = {}
+    with contextlib.ExitStack() as servers:  # [W8] a private S3 server while the workloads run
+        if not only or "W8" in only:
+            why = bench_w8.missing()
+            if why:
+                log(f"W8 skipped: {why}")
+            else:
+                log("W8: starting SeaweedFS and uploading 1,000 JPEGs")
+                store = servers.enter_context(bench_w8.LocalS3(work))
+                source = bench_w8.prepare(store, samples, quality=quality)
+                plan["W8"] = bench_w8.commands(source, quality, device)
+                plan["start-up"]["dask local:2"] = [sys.executable, "-c", bench_w8.CLUSTER_START_UP]
+                saved = dict(os.environ)
+                servers.callback(lambda: (os.environ.clear(), os.environ.update(saved)))
+                os.environ.update(store.env)  # the commands find the store in the standard places
+                phases["W8 (100 files, S3)"] = bench_w8.split(store, source, quality)
+        _repeat(plan, results, repeat, work, log)
+        if "W8" in plan:
+            log(f"W8: the cluster's 1,000 outputs are byte-identical to the local run's: {bench_w8.identical(store)}")
+    if not only or "W1" in only:
+        phases.update(split(w1, photo, quality))
+    data = summarise(results, tools, phases)
+    if server:
+        data["server"] = server
+    return data
+
+
+def _repeat(plan, results, repeat, work, log) -> None:
     for rep in range(repeat):
         for workload, by_tool in plan.items():
             for tool, cmd in by_tool.items():
@@ -247,15 +280,9 @@ def bench(work: Path, samples: Path, *, repeat: int = 3, quality: int = 90, devi
                 r = results.setdefault((workload, tool), Result(workload, tool))
                 r.seconds.append(wall)
                 r.peak_mb = max(r.peak_mb or 0, peak)
-    data = summarise(results, tools, split(w1, photo, quality) if not only or "W1" in only else {})
-    if server:
-        data["server"] = server
-    return data
-
-
 def warm_server(log) -> dict:
     """Start the resident server (unless one runs) for W6/W7; its status, with its idle memory."""
-    from . import server
+    from . import service as server
 
     info = server.start()
     log(f"server pid {info['pid']}, idle resident memory {int(info['rss_kb']) / 1024:.0f} MB")
@@ -272,10 +299,15 @@ def summarise(results, tools, phases) -> dict:
     for (workload, tool), r in results.items():
         row = {"workload": workload, "tool": tool, "seconds": round(r.median, 3), "runs": len(r.seconds),
                "peak_mb": round(r.peak_mb, 1) if r.peak_mb else None}
-        if workload in ("W1",):
-            row["files_per_second"] = round(150 / r.median, 1)
+        if workload in ("W1", "W8"):
+            row["files_per_second"] = round((150 if workload == "W1" else 1000) / r.median, 1)
         if workload == "W6":
             row["ms_per_call"] = round(1000 * r.median / (W6_COLD_CALLS if "no-server" in tool else W6_CALLS), 1)
+        if workload == "W8":  # the work itself: less the start-up of the process, or of the cluster
+            start = med("start-up", "dask local:2") if tool.endswith("local:2") else startup
+            if start:
+                row["after_start_up"] = round(r.median - start, 3)
+                row["files_per_second_after_start_up"] = round(1000 / max(r.median - start, 1e-9), 1)
         if workload in ("W2", "W3"):
             row["megapixels_per_second"] = round(24 / r.median, 1)
             if tool == "kernelcli":

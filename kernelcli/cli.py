@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from .version import __version__
 from .console import error, make_progress, say, warn
 from .errors import KernelcliError, UsageError, WriteError
 from .kernel import MAX_KERNEL_SIZE
@@ -130,7 +130,7 @@ def user_kernel_files(extra=()) -> list[Path]:
         files.append(user)
     env = os.environ.get("KERNELCLI_KERNELS", "")
     files += [Path(p) for p in env.split(os.pathsep) if p]
-    files += [Path(p) for p in extra]
+    files += [p if "://" in p else Path(p) for p in extra]  # [storage] --kernels URL
     return files
 
 
@@ -354,12 +354,16 @@ EXIT_CODES_BATCH = (
 @click.option("-v", "--verbose", is_flag=True, help="Print a line per file.")
 @click.option("--background", "flatten_on", metavar="COLOR",
               help="Flatten transparency onto this colour for formats without alpha (JPEG, BMP, PPM).")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",  # [storage]
+              help="Option for s3:// or gs:// (e.g. endpoint_url=http://host:8333, anon=true); repeatable.")
+@click.option("--scheduler", envvar="KERNELCLI_SCHEDULER", metavar="ADDRESS|local|local:N",  # [cluster]
+              help="Run on Dask: a scheduler address, or local[:N] for a local cluster  [env KERNELCLI_SCHEDULER].")
 @input_limit_options
 @geometry_options
 @kernel_files_option
 def apply(kernel_specs, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-          quality, overwrite, skip_existing, report_path, jobs, stats, quiet, verbose, flatten_on, max_pixels,
-          allow_truncated, kernel_files, max_kernel, **geo):
+          quality, overwrite, skip_existing, report_path, jobs, stats, quiet, verbose, flatten_on, storage_options,
+          scheduler, max_pixels, allow_truncated, kernel_files, max_kernel, **geo):
     """Filter images (files, folders, .npy/.csv arrays, or - for stdin) with kernels.
 
     \b
@@ -369,6 +373,7 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
       kernelcli apply -k blur photos/ -o out/ --recursive --jobs 2
       find . -name '*.png' -print0 | kernelcli apply -k emboss --files-from - -0 -o out/
       kernelcli apply -k sobel-left -k sobel-right --each photo.jpg -o edges/
+      kernelcli apply -k blur s3://bucket/photos/ -o s3://bucket/out/ -r --scheduler local:2
       cat in.png | kernelcli apply -k emboss - -o - | kernelcli apply -k sharpen - -o - > out.png
 
     Kernels apply as correlation (weights as written, like torch and OpenCV); --convolve
@@ -398,6 +403,15 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
 
     job = _Render(kernels_, options, quality, stats, _limits(max_pixels, allow_truncated),
                   parse_color(flatten_on) if flatten_on else None)
+    if storage_options or any("://" in str(p) for p in (*inputs, output, files_from, report_path) if p):  # [storage]
+        from .storage import StorageOptions, locate
+
+        where = StorageOptions.parse(storage_options)
+        inputs, output = tuple(locate(p, where) for p in inputs), output and locate(output, where)
+        if report_path and report_path != "-":
+            report_path = locate(report_path, where)
+        if ("-" in inputs or output == "-") and any("://" in str(p) for p in (*inputs, output)):
+            raise UsageError("- (stdin/stdout) works with local files only; write to a file or s3:// instead")
     if "-" in inputs or output == "-":
         if report_path:
             raise UsageError("--report is for files and folders; with - (stdin/stdout) there is one image and its "
@@ -405,7 +419,7 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
         _check_device(options)
         return _apply_stream(job, inputs, output, fmt, files_from, each, overwrite)
     _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-                 overwrite, skip_existing, report_path, jobs, quiet, verbose)
+                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler)
 
 
 class _Render:
@@ -600,28 +614,30 @@ def _check_device(options):
 
 
 def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-                 overwrite, skip_existing, report_path, jobs, quiet, verbose):
+                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler=None):
     import threading
 
-    from . import batch
-    from .images import extension_for, format_for_path, read, write_atomic
+    from . import batch, storage
+    from .images import extension_for, format_for_path
 
     listed = []
     if files_from is not None:
-        data = sys.stdin.buffer.read() if files_from == "-" else Path(files_from).read_bytes()
+        data = sys.stdin.buffer.read() if files_from == "-" else storage.read_list_bytes(files_from)
         listed = batch.read_list(data, null)
     dir_mode = bool(output) and (
-        output.endswith(("/", os.sep)) or os.path.isdir(output) or len(inputs) + len(listed) > 1
-        or any(os.path.isdir(p) for p in inputs) or (each and len(job.kernels) > 1)
+        str(output).endswith(("/", os.sep)) or storage.is_dir(output) or len(inputs) + len(listed) > 1
+        or any(storage.is_dir(p) for p in inputs) or (each and len(job.kernels) > 1)
     )
     _check_folder_output(output, dir_mode, inputs, listed, each and len(job.kernels) > 1)
+    if output:  # [storage] a store's endpoint, credentials and bucket answer before any work
+        output = storage.check_output(output, listing=dir_mode)
     sources, bad = batch.find_inputs(inputs, recursive=recursive, include=include, exclude=exclude,
                                      listed=listed, avoid=output if dir_mode else None,
                                      on_skip=lambda p: warn(f"{p}: not a regular file (a FIFO, device or socket); skipped"))
     if not sources and not bad:
-        where = ", ".join(inputs) or files_from
+        where = ", ".join(map(str, inputs)) or files_from
         raise UsageError(f"no input images found in {where}" + ("" if recursive else " (use --recursive for sub-folders)"))
-    single = len(sources) + len(bad) == 1 and not any(os.path.isdir(p) for p in inputs)
+    single = len(sources) + len(bad) == 1 and not any(storage.is_dir(p) for p in inputs)
     if single and bad:
         raise UsageError(bad[0].error)
 
@@ -644,23 +660,25 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
         for o in j.outputs:
             format_for_path(o.path)
     if report_path and report_path != "-":
-        batch.check_report(Path(report_path), jobs_, overwrite=overwrite)
-    _remove_stale_temps(o.path.parent for j in jobs_ for o in j.outputs if o.path.parent.is_dir())
+        batch.check_report(batch._path(report_path), jobs_, overwrite=overwrite)
+    _remove_stale_temps(o.path.parent for j in jobs_ for o in j.outputs  # stores have none: one PUT each
+                        if not batch._is_url(o.path) and o.path.parent.is_dir())
 
     def read_warned(path):
-        raster = read(path, limits=job.limits)
+        raster = storage.read(path, job.limits)
         for note in raster.notes:
             warn(note)
         return raster
 
-    prefetch = batch.Prefetch(jobs_, read_warned, torch_loading)
-    _check_device(job.options)
+    if not scheduler:  # [cluster] workers read and check the device themselves
+        prefetch = batch.Prefetch(jobs_, read_warned, torch_loading)
+        _check_device(job.options)
     stop = threading.Event()
     report = batch.Report(total=len(jobs_), on_fail=lambda j, message: error(message))
     progress = make_progress(len(jobs_), quiet)
 
     def write(path, data):
-        write_atomic(path, data, overwrite=overwrite)
+        storage.write(path, data, overwrite=overwrite)
 
     def process(j):
         render = lambda raster, group, path: job(raster, group, format_for_path(path), path)  # noqa: E731
@@ -678,7 +696,13 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     _share_threads(workers)
     code = fatal = None
     try:
-        batch.run(jobs_, process, workers=workers, report=report, stop=stop, on_done=on_done)
+        if scheduler:  # [cluster]
+            from . import cluster
+
+            cluster.run(jobs_, job, scheduler=scheduler, report=report, stop=stop, limits=job.limits,
+                        overwrite=overwrite, device=job.options.device, on_done=on_done, on_note=warn)
+        else:
+            batch.run(jobs_, process, workers=workers, report=report, stop=stop, on_done=on_done)
     except batch.Interrupted as exc:
         code = exc.exit_code
     except WriteError as exc:
@@ -688,7 +712,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
             progress.close()
     if report_path and report_path != "-":  # written whole, also after an interrupt or a failure
         try:
-            write_atomic(report_path, report.jsonl(), overwrite=overwrite)
+            storage.write(batch._path(report_path), report.jsonl(), overwrite=overwrite)
         except KernelcliError as exc:
             error(f"--report {exc}")
             fatal = fatal or (exc if code is None else None)
@@ -712,13 +736,14 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
 def _check_folder_output(output, dir_mode, inputs, listed, each) -> None:
     """-o names a folder when there are several outputs; a name with a file format's extension
     (out.png) is then a mistake, never a folder to create."""
+    from . import storage
     from .images import FORMATS
 
-    suffix = Path(output).suffix.lower()[1:] if output else ""
-    if not dir_mode or suffix not in FORMATS or output.endswith(("/", os.sep)) or os.path.isdir(output):
+    suffix = Path(str(output)).suffix.lower()[1:] if output else ""
+    if not dir_mode or suffix not in FORMATS or str(output).endswith(("/", os.sep)) or storage.is_dir(output):
         return
     why = ("--each writes one output per kernel" if each
-           else "a folder input gives several outputs" if any(os.path.isdir(p) for p in inputs)
+           else "a folder input gives several outputs" if any(storage.is_dir(p) for p in inputs)
            else f"{len(inputs) + len(listed)} inputs give several outputs")
     raise UsageError(f"{output}: -o names one .{suffix} file but {why}; give -o a folder (e.g. out/) "
                      "or a single input")
@@ -1076,7 +1101,7 @@ def server_group():
               help="Exit after this long without requests  [default: 600; env KERNELCLI_SERVER_IDLE].")
 def server_start(idle):
     """Start the server now, unless one runs for this install."""
-    from . import server
+    from . import service as server
 
     info = server.start(idle)
     say(f"server running: pid {info['pid']}, socket {info['socket']}")
@@ -1085,7 +1110,7 @@ def server_start(idle):
 @server_group.command("stop", context_settings=CONTEXT)
 def server_stop():
     """Stop the server (requests in progress finish first)."""
-    from . import server
+    from . import service as server
 
     pid = server.stop()
     say("no server running" if pid is None else f"stopped the server (pid {pid})")
@@ -1094,7 +1119,7 @@ def server_stop():
 @server_group.command("status", context_settings=CONTEXT)
 def server_status():
     """Print pid, socket, uptime, requests served and memory (exit 1 if none runs)."""
-    from . import server
+    from . import service as server
 
     info = server.status()
     if info is None:

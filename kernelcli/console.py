@@ -226,7 +226,9 @@ def print_bench(data: dict, repeat: int) -> None:
               f"medians of {repeat} · kernelcli start-up (interpreter + imports) {data['start_up_seconds']:.2f} s")
     table = Table("workload", "tool", "seconds", "after start-up", "throughput", "peak MB", box=None, header_style="bold")
     for r in data["rows"]:
-        rate = (f"{r['files_per_second']} files/s" if "files_per_second" in r
+        rate = (f"{r['files_per_second']} files/s" + (f" ({r['files_per_second_after_start_up']} after start-up)"
+                                                       if "files_per_second_after_start_up" in r else "")
+                if "files_per_second" in r
                 else f"{r['ms_per_call']} ms/call" if "ms_per_call" in r
                 else f"{r['megapixels_per_second']} MP/s" if "megapixels_per_second" in r else "")
         table.add_row(r["workload"], r["tool"], f"{r['seconds']:.3f}",

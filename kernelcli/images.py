@@ -83,7 +83,7 @@ TEXT_FORMATS = ("CSV",)  # printable at a terminal; every other format is binary
 
 def format_for_path(path: str | Path) -> str:
     """The output format implied by a file name (e.g. 'PNG' for x.png, 'NPY' for x.npy)."""
-    ext = Path(path).suffix.lower()
+    ext = Path(str(path)).suffix.lower()  # str(): also an object URL (storage.ObjectPath)
     fmt = FORMATS.get(ext[1:]) if ext else None
     if fmt is None:
         raise UsageError(

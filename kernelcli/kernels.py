@@ -388,12 +388,17 @@ def load_file(path: str | Path, *, max_kernel: int = MAX_KERNEL_SIZE) -> list[Ke
     """Read and validate one kernel file (matrices at most ``max_kernel`` a side); raise
     KernelFileError naming file and line. The file is read every time; the same content is
     parsed once."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KernelFileError(f"{path}: cannot read kernel file: {exc.strerror or exc}") from None
+    if "://" in str(path):  # [storage] a kernel file at a URL (s3://, gs://, http(s)://)
+        from .storage import read_config
+
+        data = read_config(path, MAX_FILE_BYTES + 1)
+    else:
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise KernelFileError(f"{path}: cannot read kernel file: {exc.strerror or exc}") from None
     if len(data) > MAX_FILE_BYTES:
         raise KernelFileError(f"{path}: kernel file is larger than {MAX_FILE_BYTES} bytes")
     try:
@@ -489,7 +494,7 @@ class KernelLibrary:
     @classmethod
     def load(cls, paths=(), *, shipped: bool = True, max_kernel: int = MAX_KERNEL_SIZE) -> "KernelLibrary":
         lib = cls(max_kernel=max_kernel)
-        for path in ([shipped_path()] if shipped else []) + [Path(p) for p in paths]:
+        for path in ([shipped_path()] if shipped else []) + [p if "://" in str(p) else Path(p) for p in paths]:
             lib.add(load_file(path, max_kernel=max_kernel))
         lib.link()
         return lib

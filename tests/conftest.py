@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+pytest_plugins = ["tests.servers"]  # real S3 (SeaweedFS) and Dask servers, one each per session
+
 # kernelcli border name → scipy.ndimage mode (see shared FACTS.md §3)
 SCIPY_MODE = {
     "replicate": "nearest",

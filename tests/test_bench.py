@@ -84,3 +84,15 @@ def test_w6_w7_ratios_and_time_per_call():
     assert targets["W7"]["value"] == pytest.approx(2.5) and not targets["W7"]["met"]
     assert {r["tool"]: r["ms_per_call"] for r in data["rows"] if r["workload"] == "W6"} == {"kernelcli": 60.0,
                                                                                           "imagemagick": 40.0}
+
+
+def test_w8_compares_one_process_with_a_two_worker_cluster():
+    from kernelcli import bench_w8
+
+    cmds = bench_w8.commands("s3://b/w8/in/", 90, None)
+    assert cmds["kernelcli local:2"][-2:] == ["--scheduler", "local:2"]
+    assert "--scheduler" not in cmds["kernelcli"]
+    assert {c[c.index("-o") + 1] for c in cmds.values()} == {"s3://kernelcli-bench/w8/out-local/",
+                                                              "s3://kernelcli-bench/w8/out-dask/"}
+    data = bench.summarise({("W8", "kernelcli"): bench.Result("W8", "kernelcli", [4.0])}, {}, {})
+    assert data["rows"][0]["files_per_second"] == 250

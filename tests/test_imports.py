@@ -77,7 +77,7 @@ def test_the_graph_reader_sees_imports_and_cycles():
     graph = import_graph()
     assert "kernelcli.kernel" in graph["kernelcli.generate"]  # top-level `from .kernel import ...`
     assert "kernelcli.analysis" in graph["kernelcli.convolve"]  # an import inside a function
-    assert "kernelcli" in graph["kernelcli.cli"]  # `from . import __version__`: the package itself
+    assert "kernelcli.batch" in graph["kernelcli.cli"]  # `from . import batch`: the submodule
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -93,6 +93,7 @@ def test_kernel_modules_build_on_each_other_in_one_direction():
     assert graph["kernelcli.kernel"] == {"kernelcli.errors"}  # the value type: nothing else of the package
     assert graph["kernelcli.generate"] <= {"kernelcli.errors", "kernelcli.kernel"}
     assert graph["kernelcli.analysis"] <= {"kernelcli.errors", "kernelcli.kernel"}
-    # the library: no engine (torch), no CLI; images only for its atomic write of saved kernels
+    # the library: no engine (torch), no CLI; images only for its atomic write of saved kernels,
+    # storage only for kernel files at URLs
     assert graph["kernelcli.kernels"] <= {"kernelcli.errors", "kernelcli.kernel", "kernelcli.analysis",
-                                          "kernelcli.generate", "kernelcli.images"}
+                                          "kernelcli.generate", "kernelcli.images", "kernelcli.storage"}

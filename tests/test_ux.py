@@ -301,7 +301,7 @@ def test_bash_completes_kernel_names_borders_and_commands(tmp_path):
         "replicate", "reflect", "symmetric", "circular", "zeros", "constant:"]
     assert complete("bash", "kernelcli learn a b --border c", 5) == ["circular", "constant:"]
     assert complete("bash", "kernelcli ", 1) == ["apply", "bench", "explain", "grid", "kernels", "learn",
-                                                 "pool", "transpose", "upsample"]
+                                                 "pool", "server", "transpose", "upsample"]
     assert complete("bash", "kernelcli kernels ", 2) == ["list", "show"]
 
 
