@@ -42,20 +42,52 @@ def banded(kernel: Kernel) -> tuple[np.ndarray, np.ndarray] | None:
     return separable_factors(kernel.weights)
 
 
-def eligible(kernel: Kernel, geo: Geometry, mode: str, maxval: float | None, channels: int) -> bool:
+# The integers the reference engine's float type holds exactly (float32 for 8-bit, float64
+# for 16-bit): the fast engine runs only where every sum stays inside, so both agree exactly.
+EXACT = {255.0: 2.0**24, 65535.0: 2.0**53}
+
+
+def eligible(kernel: Kernel, geo: Geometry, mode: str, maxval: float | None, channels: int,
+             scale: float = 1.0, bias: float = 0.0) -> bool:
     """Whether :func:`filter_strips` computes this step (else the reference engine does):
-    small kernels as shifted adds, large separable ones as banded products."""
+    small kernels as shifted adds, large separable ones as banded products, when the whole
+    computation (sums, divisor, scale, bias, offset) is proven in range by :func:`reach`."""
     from .convolve import choose_method
 
     return (
         kernel.kind == "plain"
         and choose_method(kernel.weights) in ("direct", "separable")
-        and maxval in (255.0, 65535.0)
+        and maxval in EXACT
         and geo.padding == "same"
         and geo.stride == 1
         and mode in ("clip", "abs", "offset")
         and channels in (1, 3)
+        and reach(kernel, geo, maxval, scale, bias, mode) <= EXACT[maxval]
     )
+
+
+def reach(kernel: Kernel, geo: Geometry, maxval: float, scale: float = 1.0, bias: float = 0.0,
+          mode: str = "clip") -> float:
+    """A bound on the magnitude of every value the step computes: each partial sum of the
+    taps over inputs in [lo, hi] (0..maxval, widened by a constant border's value) lies in
+    [pos·lo − neg·hi, pos·hi − neg·lo] for the positive and negative tap sums pos and neg;
+    the bias and the offset are added after."""
+    import math
+
+    ints = integer_form(kernel, scale)
+    taps = ints[0].astype(np.float64) if ints else kernel.weights * scale
+    constant = geo.border in ("zeros", "constant")
+    lo = min(0.0, geo.border_value) if constant else 0.0
+    hi = max(maxval, geo.border_value) if constant else maxval
+    pos, neg = float(taps[taps > 0].sum()), float(-taps[taps < 0].sum())
+    sums = max(pos * hi - neg * lo, neg * hi - pos * lo)
+    total = sums + abs(_offset(mode, maxval, bias))
+    return total if math.isfinite(total) else math.inf
+
+
+def _offset(mode: str, maxval: float, bias: float) -> float:
+    """What is added after the sum: the bias, and mid-gray for ``offset``."""
+    return bias * maxval + ((maxval + 1) / 2 if mode == "offset" else 0.0)
 
 
 def integer_form(kernel: Kernel, scale: float) -> tuple[np.ndarray, int] | None:
@@ -97,13 +129,14 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
     ints = None if factors or not float(geo.border_value).is_integer() else integer_form(kernel, scale)
     if ints is not None:
         taps, divisor = ints
-        reach = (maxval + (abs(geo.border_value) if constant else 0)) * np.abs(taps).sum()
-        acc_type = torch.int16 if reach < 2**15 else torch.int32 if reach < 2**31 else torch.float64
+        # every partial sum, and the sum plus bias and offset, must fit the accumulator
+        bound = reach(kernel, geo, maxval, scale, bias, mode)
+        acc_type = torch.int16 if bound < 2**15 else torch.int32 if bound < 2**31 else torch.float64
     else:
         taps, divisor = kernel.weights * scale, 1
         acc_type = float_type
     tap_list = [(a, b, taps[a, b].item()) for a in range(kh) for b in range(kw) if taps[a, b] != 0]
-    offset = bias * maxval + ((maxval + 1) / 2 if mode == "offset" else 0.0)
+    offset = _offset(mode, maxval, bias)
     strip = max(1, STRIP_BYTES // max(1, w * c * hwc.itemsize))
     if factors:
         strip = BAND_ROWS
@@ -136,8 +169,12 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
             y.div_(divisor)
         if stats:
             lo, hi = float(y.min()), float(y.max())
-        if offset:
-            y.add_(int(offset) if whole else offset)
+        if whole and offset:
+            y.add_(int(offset))
+        elif offset:  # bias, then mid-gray, in the order the reference engine adds them
+            for term in (bias * maxval, offset - bias * maxval):
+                if term:
+                    y.add_(term)
         if mode == "abs":
             y.abs_()
         if stats:
@@ -154,7 +191,7 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
     lo = min(p[0] for p in parts)
     hi = max(p[1] for p in parts)
     share = sum(p[2] for p in parts) / max(1, h * w * c)
-    return out, Stats(lo + bias * maxval, hi + bias * maxval, share)
+    return out, Stats(lo + bias * maxval, hi + bias * maxval, share, engine="fast")
 
 
 def _band(n: int, taps: np.ndarray, dilation: int, dtype) -> torch.Tensor:

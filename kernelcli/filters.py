@@ -20,10 +20,10 @@ from .convolve import (
     resolve_device,
     sample_at_anchor,
 )
-from .errors import ImageError, UsageError
+from .errors import UsageError
 from .images import Raster
 from .kernels import Kernel
-from .mapping import Stats, map_values
+from .mapping import Stats, check_finite, map_values
 from .options import Options
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's "L" conversion
@@ -61,11 +61,11 @@ def _load(raster: Raster, options: Options) -> _Work:
 
 def _finish(y: torch.Tensor, kernel: Kernel, options: Options, maxval: float) -> tuple[torch.Tensor, Stats]:
     """Map one step's float result to the output depth (or keep it raw)."""
-    if not bool(torch.isfinite(y).all()):
-        raise ImageError(f"kernel {kernel.name!r} gave NaN or infinite values (an overflow?); nothing written")
+    what = f"kernel {kernel.name!r}"
     if options.raw:
+        check_finite(y, what)
         return y, Stats(float(y.min()), float(y.max()), 0.0)
-    return map_values(y, options.map_for(kernel), maxval, scale=options.scale, bias=options.bias_for(kernel))
+    return map_values(y, options.map_for(kernel), maxval, scale=options.scale, bias=options.bias_for(kernel), what=what)
 
 
 def _raster(y: torch.Tensor, alpha: torch.Tensor | None, options: Options, maxval: float, like: Raster) -> Raster:
@@ -108,7 +108,8 @@ def _fast(raster: Raster, kernels: list[Kernel], options: Options):
         return None
     steps = [(kernel.flipped() if options.convolve else kernel, kernel) for kernel in kernels]
     modes = [options.map_for(kernel) for kernel in kernels]
-    if not all(fast.eligible(k, options.geometry, m, maxval, c) for (k, _), m in zip(steps, modes)):
+    if not all(fast.eligible(k, options.geometry, m, maxval, c, options.scale, options.bias_for(kernel))
+               for (k, kernel), m in zip(steps, modes)):
         return None
     hwc = np.ascontiguousarray(raster.pixels.transpose(1, 2, 0))
     stats = []

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ImageError
 from .options import check_mode
 
 
@@ -21,10 +22,19 @@ class Stats:
     minimum: float
     maximum: float
     clipped: float  # fraction of values outside 0..maxval after mapping, before the clip
+    engine: str = "reference"  # which engine computed the step: "reference" or "fast" (kernelcli.fast)
+
+
+def check_finite(y: torch.Tensor, what: str = "the filter") -> torch.Tensor:
+    """Refuse a result holding NaN or ±inf (an overflow): it would map to garbage pixels.
+    Every engine's result passes here, mapped (:func:`map_values`) or raw."""
+    if not bool(torch.isfinite(y).all()):
+        raise ImageError(f"{what} gave NaN or infinite values (an overflow?); nothing written")
+    return y
 
 
 def map_values(
-    x: torch.Tensor, mode: str, maxval: float, *, scale: float = 1.0, bias: float = 0.0
+    x: torch.Tensor, mode: str, maxval: float, *, scale: float = 1.0, bias: float = 0.0, what: str = "the filter"
 ) -> tuple[torch.Tensor, Stats]:
     """Map ``x`` into 0..maxval, rounded half-to-even: ``mode(x * scale + bias * maxval)``.
 
@@ -32,7 +42,7 @@ def map_values(
     min–max (over all channels) to 0..maxval, and leaves a flat result at mid-gray.
     """
     check_mode(mode)
-    y = x * scale + bias * maxval if (scale != 1.0 or bias) else x
+    y = check_finite(x * scale + bias * maxval if (scale != 1.0 or bias) else x, what)
     lo, hi = float(y.min()), float(y.max())
     if mode == "abs":
         y = y.abs()

@@ -5,6 +5,7 @@ is imported.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -37,6 +38,7 @@ class Geometry:
             raise UsageError(f"padding must be 'same', 'valid' or a number >= 0, not {self.padding!r}")
         if self.stride < 1 or self.dilation < 1:
             raise UsageError("stride and dilation must be at least 1")
+        check_finite(self.border_value, "border value")
 
 
 def parse_border(text: str) -> tuple[str, float]:
@@ -46,7 +48,7 @@ def parse_border(text: str) -> tuple[str, float]:
         return "zeros", 0.0
     if name == "constant":
         try:
-            return "constant", float(value) if value else 0.0
+            return "constant", check_finite(float(value), "border value") if value else 0.0
         except ValueError:
             raise UsageError(f"border {text!r}: write constant:V with a number V") from None
     if name in BORDERS and not value:
@@ -71,13 +73,21 @@ def pad_amounts(shape: tuple[int, int], anchor: tuple[int, int], geo: Geometry) 
     return p, p, p, p
 
 
+def check_finite(value: float, what: str) -> float:
+    """Refuse NaN and ±inf for a numeric option (they would silently give a black image)."""
+    if not math.isfinite(value):
+        raise UsageError(f"{what} {value!r} is not a finite number")
+    return value
+
+
 def parse_bias(text: str) -> float:
     """``0.5`` or ``50%`` → 0.5 (a fraction of full scale)."""
     t = text.strip()
     try:
-        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
         raise UsageError(f"bias {text!r}: write a fraction such as 0.5 or a percentage such as 50%") from None
+    return check_finite(value, "bias")
 
 
 def check_mode(mode: str) -> str:
@@ -106,6 +116,9 @@ class Options:
             raise UsageError(f"unknown color mode {self.color!r}; choose one of {', '.join(COLOR_MODES)}")
         if self.map is not None:
             check_mode(self.map)
+        check_finite(self.scale, "scale")
+        if self.bias is not None:
+            check_finite(self.bias, "bias")
 
     def map_for(self, kernel) -> str:
         """The value mapping of one step: --map, else the kernel's own, else clip."""
