@@ -163,12 +163,15 @@ def _respond(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
     """A plain kernel's response, or a combined kernel's: magnitude √Σgᵢ², max |gᵢ|, or Σgᵢ."""
     if not k.combine:
         return _correlate_alpha(x, alpha, k, geo)
-    responses = torch.stack([_correlate_alpha(x, alpha, p, geo) for p in k.parts])
+    from .fast import accumulate_part, fold_part
+
+    acc = None
+    for p in k.parts:  # one part at a time: memory for two responses, not one per part
+        r = fold_part(k.combine, _correlate_alpha(x, alpha, p, geo))
+        acc = r if acc is None else accumulate_part(k.combine, acc, r)
     if k.combine == "magnitude":
-        return responses.square().sum(0).sqrt() * (k.scale / k.divisor)
-    if k.combine == "max":
-        return responses.abs().amax(0) * (k.scale / k.divisor)
-    return responses.sum(0) * (k.scale / k.divisor)
+        acc.sqrt_()
+    return acc * (k.scale / k.divisor)
 
 
 def _mix(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
