@@ -79,9 +79,10 @@ def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Opti
     and rounded to the output bit depth before the next, so a chain of separate runs gives
     the same pixels as one run. Returns the new Raster and each step's Stats (None where
     the fast engine ran with ``options.stats`` off)."""
-    fast = _fast(raster, kernels, options)
-    if fast is not None:
-        return fast
+    quick = _fast_eligible(raster, kernels, options)
+    check_memory(raster, kernels, options, quick)
+    if quick:
+        return _fast(raster, kernels, options)
     work = _load(raster, options)
     geo, x, alpha = options.geometry, work.x, work.alpha
     stats = []
@@ -95,22 +96,43 @@ def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Opti
     return _raster(x, alpha, options, work.maxval, raster), stats
 
 
-def _fast(raster: Raster, kernels: list[Kernel], options: Options):
-    """The strip engine of :mod:`kernelcli.fast` for 8/16-bit images on the CPU, when every
-    step qualifies (plain kernels, stride 1, same padding, no transparency); else None."""
+def check_memory(raster: Raster, kernels: list[Kernel], options: Options, fast: bool | None = None,
+                 name: str | None = None, results: int = 1) -> None:
+    """Refuse (MemoryBudgetError) a job whose estimated peak exceeds ``options.max_memory``;
+    ``results``: each kernel applied alone, all results held at once (apply_each)."""
+    from . import budget
+
+    c, h, w = raster.pixels.shape
+    if fast is None:
+        fast = _fast_eligible(raster, kernels, options)
+    chain = [kernels] if results == 1 else [[k] for k in kernels]
+    need = max(budget.apply_estimate(c, h, w, raster.pixels.itemsize, ks, options, alpha=raster.alpha is not None,
+                                     fast=fast) for ks in chain) * results
+    budget.check(need, options.max_memory, f"{name + ': ' if name else ''}filtering {w}x{h} pixels with {' → '.join(k.name for k in kernels)}")
+
+
+def _fast_eligible(raster: Raster, kernels: list[Kernel], options: Options) -> bool:
+    """Whether the strip engine of :mod:`kernelcli.fast` computes every step: 8/16-bit
+    images on the CPU, no transparency, each step eligible (see fast.eligible)."""
     from . import fast
 
-    maxval = raster.maxval
     c = raster.pixels.shape[0]
     if (options.raw or raster.pixels.dtype not in (np.uint8, np.uint16) or (options.color != "channels" and c != 1)
             or _see_through(raster)
             or resolve_device(options.device).type != "cpu"):
-        return None
+        return False
+    return all(fast.eligible(kernel.flipped() if options.convolve else kernel, options.geometry,
+                             options.map_for(kernel), raster.maxval, c, options.scale, options.bias_for(kernel))
+               for kernel in kernels)
+
+
+def _fast(raster: Raster, kernels: list[Kernel], options: Options):
+    """Every step on the strip engine of :mod:`kernelcli.fast` (see _fast_eligible)."""
+    from . import fast
+
+    maxval = raster.maxval
     steps = [(kernel.flipped() if options.convolve else kernel, kernel) for kernel in kernels]
     modes = [options.map_for(kernel) for kernel in kernels]
-    if not all(fast.eligible(k, options.geometry, m, maxval, c, options.scale, options.bias_for(kernel))
-               for (k, kernel), m in zip(steps, modes)):
-        return None
     hwc = np.ascontiguousarray(raster.pixels.transpose(1, 2, 0))
     stats = []
     for (k, kernel), mode in zip(steps, modes):
@@ -130,6 +152,7 @@ def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options
     plain = all(k.kind == "plain" for k in ks)
     if len(ks) < 2 or _see_through(raster) or options.color == "luma" or not same_frame or not plain:
         return [(r, st[0]) for r, st in (apply_kernels(raster, [k], options) for k in kernels)]
+    check_memory(raster, ks, options, fast=False, results=len(ks))  # the bank holds a result per kernel
     work = _load(raster, options)
     bank = correlate_bank(work.x, [(_taps(k), k.anchor) for k in ks], options.geometry)
     results = []

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .errors import UsageError
 from .kernels import MAP_MODES
 
+MAX_GEOMETRY = 1 << 24  # largest stride, dilation, padding, factor or window: beyond it no image fits in memory
 BORDERS = ("replicate", "reflect", "symmetric", "circular", "zeros", "constant")
 COLOR_MODES = ("channels", "gray", "luma", "sum")
 
@@ -38,6 +39,8 @@ class Geometry:
             raise UsageError(f"padding must be 'same', 'valid' or a number >= 0, not {self.padding!r}")
         if self.stride < 1 or self.dilation < 1:
             raise UsageError("stride and dilation must be at least 1")
+        for name, value in (("stride", self.stride), ("dilation", self.dilation), ("padding", self.padding)):
+            check_geometry(name, value)
         check_finite(self.border_value, "border value")
 
 
@@ -71,6 +74,12 @@ def pad_amounts(shape: tuple[int, int], anchor: tuple[int, int], geo: Geometry) 
         return d * ar, d * (kh - 1 - ar), d * ac, d * (kw - 1 - ac)
     p = 0 if geo.padding == "valid" else geo.padding
     return p, p, p, p
+
+
+def check_geometry(name: str, value) -> None:
+    """Refuse a stride, dilation, padding, factor or window over MAX_GEOMETRY pixels."""
+    if isinstance(value, int) and value > MAX_GEOMETRY:
+        raise UsageError(f"{name} {value} is over the limit of {MAX_GEOMETRY}")
 
 
 def check_finite(value: float, what: str) -> float:
@@ -110,6 +119,7 @@ class Options:
     raw: bool = False
     device: str | None = None
     stats: bool = True  # compute each step's Stats (the fast engine skips them when False)
+    max_memory: int | None = None  # bytes a job may use (kernelcli.budget); None: half of the available memory
 
     def __post_init__(self):
         if self.color not in COLOR_MODES:
