@@ -96,7 +96,7 @@ def apply_estimate(channels: int, height: int, width: int, itemsize: int, kernel
     """Peak bytes of ``apply_kernels`` on a (channels, height, width) raster of ``itemsize``
     bytes a value, with the encoded output. ``fast``: every step runs on the strip engine.
 
-    Fast engine: the input, its (H, W, C) copy and the output of one step, plus one strip
+    Fast engine: the input and the output of one step (two in a chain), plus one strip
     (and its halo of the kernel's reach) per worker. Reference engine: the float input,
     each step's float result and the temporaries of mapping it (3 more), the padded frame
     of one tile, and for combined kernels two more responses.
@@ -121,9 +121,12 @@ def apply_estimate(channels: int, height: int, width: int, itemsize: int, kernel
         ow = max(1, output_size(w, kw, pw, geo.stride, d))
         parts = len(kernel.parts) if kernel.combine else 1
         if fast:
-            strip = max(1, STRIP_BYTES // max(1, w * channels * itemsize))
+            strip = min(h, max(1, STRIP_BYTES // max(1, w * channels * itemsize)))
             block = (strip + ph) * (w + pw) * channels * float_size * (3 + parts)
-            step = 2 * channels * h * w * itemsize + workers * block
+            workers = min(workers, -(-h // strip))
+            # the step's output, and the previous step's when chained (a decoded image is
+            # already (H, W, C): the first step reads it without a copy)
+            step = (1 if kernel is kernels[0] else 2) * channels * h * w * itemsize + workers * block
         else:
             result = channels * oh * ow * float_size
             tile_rows = max(1, TILE_BYTES // max(1, channels * (w + pw) * float_size * min(kh * kw, 16)))

@@ -65,7 +65,8 @@ def _finish(y: torch.Tensor, kernel: Kernel, options: Options, maxval: float) ->
     if options.raw:
         check_finite(y, what)
         return y, Stats(float(y.min()), float(y.max()), 0.0)
-    return map_values(y, options.map_for(kernel), maxval, scale=options.scale, bias=options.bias_for(kernel), what=what)
+    return map_values(y, options.map_for(kernel), maxval, scale=options.scale, bias=options.bias_for(kernel), what=what,
+                      inplace=True)  # y is this step's own result
 
 
 def _raster(y: torch.Tensor, alpha: torch.Tensor | None, options: Options, maxval: float, like: Raster) -> Raster:

@@ -34,23 +34,29 @@ def check_finite(y: torch.Tensor, what: str = "the filter") -> torch.Tensor:
 
 
 def map_values(
-    x: torch.Tensor, mode: str, maxval: float, *, scale: float = 1.0, bias: float = 0.0, what: str = "the filter"
+    x: torch.Tensor, mode: str, maxval: float, *, scale: float = 1.0, bias: float = 0.0, what: str = "the filter",
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, Stats]:
     """Map ``x`` into 0..maxval, rounded half-to-even: ``mode(x * scale + bias * maxval)``.
 
     ``offset`` adds mid-gray (128 for 8-bit); ``normalize`` stretches the result's global
     min–max (over all channels) to 0..maxval, and leaves a flat result at mid-gray.
+    ``inplace`` maps ``x`` itself (the engine's own result: no second copy of the image).
     """
     check_mode(mode)
-    y = check_finite(x * scale + bias * maxval if (scale != 1.0 or bias) else x, what)
+    y = x if inplace else x.clone()
+    if scale != 1.0 or bias:
+        y.mul_(scale).add_(bias * maxval)
+    check_finite(y, what)
     lo, hi = float(y.min()), float(y.max())
     if mode == "abs":
-        y = y.abs()
+        y.abs_()
     elif mode == "offset":
-        y = y + (maxval + 1) / 2
+        y.add_((maxval + 1) / 2)
     elif mode == "normalize":
-        y = (y - lo) * (maxval / (hi - lo)) if hi > lo else torch.full_like(y, (maxval + 1) / 2)
-    outside = ((y < 0) | (y > maxval)).float().mean().item() if y.numel() else 0.0
-    out = torch.round(y).clamp_(0, maxval)
-    return out, Stats(lo, hi, outside)
-
+        if hi > lo:
+            y.sub_(lo).mul_(maxval / (hi - lo))
+        else:
+            y.fill_((maxval + 1) / 2)
+    outside = int(torch.count_nonzero((y < 0) | (y > maxval))) / y.numel() if y.numel() else 0.0
+    return y.round_().clamp_(0, maxval), Stats(lo, hi, outside)

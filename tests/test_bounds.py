@@ -163,3 +163,108 @@ def test_number_over_python_digit_limit():
 
     with pytest.raises(KernelFileError, match="too large"):
         parse_number("1" * 5000 + "/7", "here")
+
+
+# --------------------------------------------------------------------------- item 5: memory budgets
+
+
+def test_parse_size_and_default_budget():
+    from kernelcli import budget
+    from kernelcli.errors import UsageError
+
+    assert budget.parse_size("512M") == 512 << 20
+    assert budget.parse_size("1.5G") == 3 << 29
+    assert budget.parse_size("2GiB") == 2 << 30
+    assert budget.parse_size("1000") == 1000
+    for bad in ("", "x", "-1G", "nan", "0"):
+        with pytest.raises(UsageError):
+            budget.parse_size(bad)
+    assert 0 < budget.default_budget() <= budget.available()
+
+
+def _stand_in(channels, height, width, dtype=np.uint8, maxval=255.0):
+    """A Raster of any size without its memory (a broadcast view), as budget.probe makes."""
+    return Raster(np.broadcast_to(np.zeros((), dtype), (channels, height, width)), maxval=maxval)
+
+
+@pytest.mark.parametrize("name", ["sobel", "compass", "sharpen", "prewitt"])
+def test_100_mp_edge_kernels_stream_within_4x_the_image(library, name):
+    """The issue's OOM: 100 MP sobel needed 23 GB. Combined kernels now take the strip
+    engine, whose estimate (input, output, strips) stays within 4x the 8-bit image."""
+    from kernelcli import budget
+    from kernelcli.filters import _fast_eligible
+
+    raster = _stand_in(3, 8165, 12247)
+    kernels, options = [library.resolve(name)], Options(device="cpu")
+    assert _fast_eligible(raster, kernels, options)
+    need = budget.apply_estimate(3, 8165, 12247, 1, kernels, options, fast=True)
+    assert need <= 4 * raster.pixels.size + (256 << 20)
+
+
+def test_reference_engine_tiles_on_the_cpu(library, rng, monkeypatch):
+    """The reference engine works in tiles of about TILE_BYTES on the CPU: exactly the
+    untiled result (integer kernel, float data), and never a whole-image unfold."""
+    import torch
+
+    import kernelcli.convolve as convolve
+    from .conftest import scipy_correlate
+
+    pixels = rng.integers(0, 256, (40, 31)).astype(np.float64)
+    x = torch.from_numpy(pixels)[None, None]
+    weights = np.array(library.get("outline").weights)
+    assert convolve.cpu_tile_rows(x, (3, 3), 2, 40, "direct") is None  # small: one piece
+    monkeypatch.setattr(convolve, "TILE_BYTES", 4096)
+    assert convolve.cpu_tile_rows(x, (3, 3), 2, 40, "direct") == 4096 // (33 * 8 * 9)
+    for method in ("direct", "fft"):
+        out = convolve.correlate(x, weights, method=method)[0, 0].numpy()
+        np.testing.assert_allclose(out, scipy_correlate(pixels, weights, "replicate"), atol=1e-9)
+
+
+@pytest.mark.parametrize("args", [
+    ["apply", "-k", "sharpen", "--padding", "20000"],   # 19 GB on a 64x48 image
+    ["apply", "-k", "sharpen", "--dilation", "1000000"],
+    ["apply", "-k", "sobel", "--max-memory", "10K"],
+    ["apply", "-k", "log:3", "--max-memory", "10K"],
+    ["upsample", "--factor", "2000"],
+    ["transpose", "-k", "1 1; 1 1", "--stride", "100000"],
+    ["pool", "--size", "2", "--max-memory", "1K"],
+])
+def test_jobs_over_the_budget_are_refused_before_work(tmp_path, args):
+    src = tmp_path / "in.png"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(src)
+    out = tmp_path / "out.png"
+    result = run(*args, src, "-o", out)
+    one_line_error(result, 2)
+    assert "would need about" in result.stderr and "--max-memory raises it" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [["apply", "-k", "sharpen", "--stride", "99999999999999999999"],
+                                  ["pool", "--size", "99999999999999999999"],
+                                  ["upsample", "--factor", "99999999999"],
+                                  ["transpose", "-k", "1", "--dilation", "99999999999999999999"]])
+def test_huge_geometry_values_are_one_line_errors(white, tmp_path, args):
+    one_line_error(run(*args, white, "-o", tmp_path / "out.png"), 2)
+
+
+def test_budget_failure_in_a_batch_fails_that_input_only(tmp_path):
+    """In a batch, the image over the budget fails (exit 3) and the others are written."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("L", (16, 16), 9).save(src / "small.png")
+    Image.new("L", (900, 900), 9).save(src / "large.png")
+    result = run("apply", "-k", "sobel", src, "-o", tmp_path / "out", "--max-memory", "12M")
+    assert result.exit_code == 3, result.output
+    assert "large.png" in result.stderr and "--max-memory" in result.stderr
+    assert (tmp_path / "out" / "small.png").exists() and not (tmp_path / "out" / "large.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gap", "1000000", "-o", "sheet.png"], "--max-memory raises it"),
+    (["--gap", "40000", "-o", "sheet.jpg"], "JPEG holds at most 65500"),
+])
+def test_grid_sheet_size_is_checked(white, tmp_path, args, message):
+    *opts, _, name = args
+    result = run("grid", "-k", "sharpen", *opts, white, "-o", tmp_path / name)
+    one_line_error(result, 2)
+    assert message in result.stderr
