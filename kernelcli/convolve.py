@@ -190,13 +190,30 @@ def _tiled(x, weights, amounts, geo: Geometry, method: str, out_h: int, tile_row
     return out
 
 
+def _fft_length(n: int) -> int:
+    """The smallest 2^a·3^b·5^c ≥ n: FFTs of such lengths are several times faster (a width
+    with a large prime factor, such as 12265 = 5·11·223, is ~3.5x slower than 12288)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def _fft_correlate(flat: torch.Tensor, weights: np.ndarray, stride: int, dilation: int) -> torch.Tensor:
     """Valid correlation of (M, 1, Hp, Wp) through the FFT: exact up to float rounding."""
     kh, kw = weights.shape
     dil = np.zeros((dilation * (kh - 1) + 1, dilation * (kw - 1) + 1))
     dil[::dilation, ::dilation] = weights
     hp, wp = flat.shape[-2:]
-    size = (hp, wp)
+    size = (_fft_length(hp), _fft_length(wp))  # zeros past the frame never reach the valid part
     spectrum = torch.fft.rfft2(flat, s=size)
     kernel = torch.fft.rfft2(torch.as_tensor(dil, dtype=flat.dtype, device=flat.device), s=size)
     full = torch.fft.irfft2(spectrum * kernel.conj(), s=size)
