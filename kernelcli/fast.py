@@ -1,13 +1,15 @@
-"""The fast CPU path for the common case: 8- or 16-bit pixels, one plain kernel, stride 1,
-'same' padding, a pointwise value mapping.
+"""The fast CPU path for the common case: 8- or 16-bit pixels, one plain kernel (or a
+combined one such as sobel, part by part), stride 1, 'same' padding, a pointwise value
+mapping, and a whole computation whose range is proven (:func:`reach`).
 
 Instead of a grouped ``conv2d`` over a float copy of the whole image, the image is cut
 into row strips (with a halo of the kernel's reach) that stay in cache; each strip is the
 sum of the kernel's non-zero taps as shifted multiply-adds, in 16- or 32-bit integers when
 the kernel has integer weights (exact, then divided by the divisor), in float32 otherwise;
 mapping, rounding and the cast back to the pixel type are fused per strip. Strips run on
-a few threads (torch releases the GIL). Results equal the reference engine bit for bit
-(tests/test_fast.py).
+a few threads (torch releases the GIL). Memory: the input, the output and a strip per
+thread. Results equal the reference engine bit for bit (tests/test_fast.py, and
+tests/test_bounds.py up to the bounds); ``Stats.engine`` says which engine ran.
 """
 
 from __future__ import annotations
@@ -205,12 +207,12 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
         return lo, hi, clipped
 
     starts = range(0, h, strip)
-    parts = list(_executor(workers).map(one, starts)) if len(starts) > 1 else [one(0)]
+    results = list(_executor(workers).map(one, starts)) if len(starts) > 1 else [one(0)]
     if not stats:
         return out, None
-    lo = min(p[0] for p in parts)
-    hi = max(p[1] for p in parts)
-    share = sum(p[2] for p in parts) / max(1, h * w * c)
+    lo = min(r[0] for r in results)
+    hi = max(r[1] for r in results)
+    share = sum(r[2] for r in results) / max(1, h * w * c)
     return out, Stats(lo + bias * maxval, hi + bias * maxval, share, engine="fast")
 
 
