@@ -238,6 +238,11 @@ def kernels_show(name, kernel_files, max_kernel, as_json, image_path, overwrite)
 # --------------------------------------------------------------------------- apply
 
 
+max_memory_option = click.option(
+    "--max-memory", metavar="SIZE", help="Refuse jobs estimated to need more memory (4G, 512M)  "
+    "[default: half of the available memory].")
+
+
 def geometry_options(f):
     for option in reversed(
         [
@@ -258,13 +263,16 @@ def geometry_options(f):
             click.option("--bias", metavar="B", help="Add B of full scale before mapping: 0.5 or 50%."),
             click.option("--device", metavar="DEV", envvar="KERNELCLI_DEVICE",
                          help="auto | cpu | cuda | cuda:N | mps  [default: auto; env KERNELCLI_DEVICE]."),
+            max_memory_option,
         ]
     ):
         f = option(f)
     return f
 
 
-def build_options(border, padding, stride, dilation, convolve, color, map_mode, scale, bias, device, raw, stats=True):
+def build_options(border, padding, stride, dilation, convolve, color, map_mode, scale, bias, device, raw, stats=True,
+                  max_memory=None):
+    from .budget import parse_size
     from .options import Geometry, Options, parse_bias, parse_border, parse_padding
 
     mode, value = parse_border(border)
@@ -272,6 +280,7 @@ def build_options(border, padding, stride, dilation, convolve, color, map_mode, 
     return Options(
         geometry=geo, convolve=convolve, color=color, map=map_mode, scale=scale,
         bias=None if bias is None else parse_bias(bias), raw=raw, device=device, stats=stats,
+        max_memory=None if max_memory is None else parse_size(max_memory),
     )
 
 
@@ -429,18 +438,31 @@ class _Render:
         self.kernels, self.options, self.quality, self.stats = kernels_, options, quality, stats
         self.limits, self.background = limits, background
 
-    def __call__(self, raster, group, fmt, name) -> bytes:
+    def _options(self, raster, fmt):
+        """Raw floats out: arrays, and float images into a format that holds them (gray TIFF)."""
         from dataclasses import replace
 
+        raw = fmt in ("NPY", "CSV") or (raster.maxval is None and fmt == "TIFF" and raster.pixels.shape[0] == 1)
+        return replace(self.options, raw=raw)
+
+    def check_memory(self, source, groups, fmt) -> None:
+        """Refuse, from the input's header and before any work, a job over --max-memory."""
+        from .budget import probe
+        from .filters import check_memory
+
+        raster = probe(source)
+        for group in groups if raster is not None else ():
+            check_memory(raster, list(group), self._options(raster, fmt), name=str(source))
+
+    def __call__(self, raster, group, fmt, name) -> bytes:
         from .filters import apply_kernels
         from .images import encode
 
-        # Raw floats out: arrays, and float images into a format that holds them (gray TIFF).
-        raw = fmt in ("NPY", "CSV") or (raster.maxval is None and fmt == "TIFF" and raster.pixels.shape[0] == 1)
-        if raster.maxval is None and not raw and self.options.map is None:  # never clip floats unasked
+        options = self._options(raster, fmt)
+        if raster.maxval is None and not options.raw and self.options.map is None:  # never clip floats unasked
             raise UsageError(f"{name}: the input holds float values and {fmt} holds 0–255: pass --map normalize "
                              "to stretch them (--map clip to clip), or write .npy (or a gray .tif) to keep them")
-        result, step_stats = apply_kernels(raster, list(group), replace(self.options, raw=raw))
+        result, step_stats = apply_kernels(raster, list(group), options)
         if self.stats:
             for k, st in zip(group, step_stats):
                 if st is not None:
@@ -670,7 +692,9 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
             warn(note)
         return raster
 
-    if not scheduler:  # [cluster] workers read and check the device themselves
+    if not scheduler:  # [cluster] workers read and check the device and the memory budget themselves
+        if single and jobs_[0].outputs and not batch._is_url(jobs_[0].source.path):  # from the header
+            job.check_memory(jobs_[0].source.path, groups, format_for_path(jobs_[0].outputs[0].path))
         prefetch = batch.Prefetch(jobs_, read_warned, torch_loading)
         _check_device(job.options)
     stop = threading.Event()
@@ -828,7 +852,8 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
             row.append(Cell(k.name, result, k))
         rows.append(row)
     sheet = compose(arrange(rows, transpose=transpose, cols=cols), labels=not no_labels,
-                    show_kernels=show_kernels, gap=gap, background=colour)
+                    show_kernels=show_kernels, gap=gap, background=colour, fmt=out_fmt,
+                    max_memory=options.max_memory)
     _emit(output, _encode_pil(sheet, out_fmt), overwrite, f" ({sheet.width}x{sheet.height})")
 
 
@@ -862,9 +887,16 @@ def single_io_options(f):
                      help="Output format for stdout: any extension -o takes (png, gif, npy, csv, …)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output file."),
         click.option("--device", metavar="DEV", envvar="KERNELCLI_DEVICE", help="auto | cpu | cuda | cuda:N | mps."),
+        max_memory_option,
     ]):
         f = option(f)
     return f
+
+
+def _max_memory(text):
+    from .budget import parse_size
+
+    return None if text is None else parse_size(text)
 
 
 def _toolkit_render(fn):
@@ -891,7 +923,7 @@ def _toolkit_render(fn):
 @click.option("--padding", type=click.IntRange(min=0), default=0, show_default=True,
               help="Pixels added on each side (max: ignored; avg: counted as zeros).")
 @single_io_options
-def pool(op, size, stride, padding, source, output, fmt, overwrite, device):
+def pool(op, size, stride, padding, source, output, fmt, overwrite, device, max_memory):
     """Max or average pooling, as torch.nn.MaxPool2d / AvgPool2d.
 
     \b
@@ -903,14 +935,15 @@ def pool(op, size, stride, padding, source, output, fmt, overwrite, device):
     from .toolkit import pool as pool_
 
     resolve_device(device)
-    render = _toolkit_render(lambda r: pool_(r, op, size, stride, padding, device))
+    budget = _max_memory(max_memory)
+    render = _toolkit_render(lambda r: pool_(r, op, size, stride, padding, device, max_memory=budget))
     _single(source, output, fmt, overwrite, render, suffix=f"{op}pool{size}")
 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--factor", type=click.IntRange(min=1), default=2, show_default=True)
 @single_io_options
-def upsample(factor, source, output, fmt, overwrite, device):
+def upsample(factor, source, output, fmt, overwrite, device, max_memory):
     """Enlarge by a whole factor with a transposed convolution initialised as a bilinear
     kernel (the FCN technique); equals bilinear interpolation with half-pixel centres.
 
@@ -922,7 +955,9 @@ def upsample(factor, source, output, fmt, overwrite, device):
     from .toolkit import upsample as upsample_
 
     resolve_device(device)
-    _single(source, output, fmt, overwrite, _toolkit_render(lambda r: upsample_(r, factor, device)), suffix=f"x{factor}")
+    budget = _max_memory(max_memory)
+    _single(source, output, fmt, overwrite, _toolkit_render(lambda r: upsample_(r, factor, device, max_memory=budget)),
+            suffix=f"x{factor}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -936,7 +971,8 @@ def upsample(factor, source, output, fmt, overwrite, device):
               show_default=True, help="For image outputs.")
 @kernel_files_option
 @single_io_options
-def transpose(spec, stride, padding, dilation, map_mode, kernel_files, max_kernel, source, output, fmt, overwrite, device):
+def transpose(spec, stride, padding, dilation, map_mode, kernel_files, max_kernel, source, output, fmt, overwrite, device,
+              max_memory):
     """Transposed convolution: each input pixel adds value × kernel into the output, as
     torch.nn.ConvTranspose2d. Output size (n−1)·stride − 2·padding + dilation·(k−1) + 1.
 
@@ -952,7 +988,9 @@ def transpose(spec, stride, padding, dilation, map_mode, kernel_files, max_kerne
     if kernel.kind != "plain":
         raise UsageError(f"kernel {kernel.name!r} is {kernel.kind}; transpose takes a plain matrix")
     resolve_device(device)
-    render = _toolkit_render(lambda r: transpose_(r, kernel.weights, stride, padding, dilation, device, map_mode))
+    budget = _max_memory(max_memory)
+    render = _toolkit_render(lambda r: transpose_(r, kernel.weights, stride, padding, dilation, device, map_mode,
+                                                  max_memory=budget))
     _single(source, output, fmt, overwrite, render, suffix=f"t-{kernel.name}")
 
 
@@ -971,9 +1009,10 @@ def transpose(spec, stride, padding, dilation, map_mode, kernel_files, max_kerne
 @click.option("--to", "save_to", metavar="FILE", type=click.Path(dir_okay=False),
               help=f"Library file for --save  [default: {click.get_app_dir('kernelcli')}/kernels.yaml].")
 @click.option("--overwrite", is_flag=True, help="Let --save replace a kernel of the same name.")
+@max_memory_option
 @kernel_files_option
 def learn(source, target, size_text, per_channel, border, padding, stride, dilation, as_json, save_name, save_to,
-          overwrite, kernel_files, max_kernel):
+          overwrite, max_memory, kernel_files, max_kernel):
     """Find the kernel that turns INPUT into TARGET (linear least squares).
 
     Prints the kernel on stdout (rows of numbers) and the fit on stderr. Target pixels at 0
@@ -1004,7 +1043,7 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
         _check_save(library, save_name, overwrite, save_path)
     mode, value = parse_border(border)
     fit = learn_(read(source), read(target), shape, Geometry(mode, value, parse_padding(padding), stride, dilation),
-                 per_channel=per_channel)
+                 per_channel=per_channel, max_memory=_max_memory(max_memory))
     clean = [np.round(k, 6) + 0.0 for k in fit.kernels]
     if as_json:
         click.echo(json.dumps({"kernels": [k.tolist() for k in clean], "rms": fit.rms,

@@ -64,6 +64,20 @@ def pad(x: torch.Tensor, amounts: tuple[int, int, int, int], border: str, value:
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
+TILE_BYTES = 64 << 20  # CPU working set per tile (budget.TILE_BYTES): conv2d's unfolded copy, FFT spectra
+
+
+def cpu_tile_rows(x: torch.Tensor, shape, pad_columns: int, out_h: int, method: str) -> int | None:
+    """Output rows per tile so one tile's working set stays near TILE_BYTES (conv2d unfolds
+    kh·kw copies of its input; an FFT holds a few complex spectra); None when the whole
+    image fits in one tile. Bounds the engine's memory on large images and padding."""
+    n, c, _, w = x.shape
+    kh, kw = shape
+    per_row = n * c * (w + pad_columns) * x.element_size() * (8 if method == "fft" else min(kh * kw, 16))
+    rows = max(1, TILE_BYTES // max(1, per_row))
+    return rows if rows < out_h else None
+
+
 DIRECT_MAX_TAPS = 49  # up to 7x7: one conv2d; larger: two 1-D passes if separable, else FFT
 METHODS = ("auto", "direct", "separable", "fft")
 
@@ -111,6 +125,8 @@ def correlate(
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {METHODS}")
     method = choose_method(weights) if method == "auto" else method
+    if tile_rows is None and x.device.type == "cpu":
+        tile_rows = cpu_tile_rows(x, (kh, kw), left + right, out_h, method)
     if tile_rows is None:
         try:
             padded = pad(x, (top, bottom, left, right), geo.border, geo.border_value)
@@ -158,7 +174,7 @@ def _tiled(x, weights, amounts, geo: Geometry, method: str, out_h: int, tile_row
     constant = geo.border in ("zeros", "constant")
     rows = border_index(h, top, bottom, "replicate" if constant else geo.border)
     outside = (np.arange(-top, h + bottom) < 0) | (np.arange(-top, h + bottom) >= h)
-    pieces = []
+    out = None
     for o0 in range(0, out_h, tile_rows):
         o1 = min(out_h, o0 + tile_rows)
         p0, p1 = o0 * s, (o1 - 1) * s + d * (kh - 1) + 1
@@ -167,8 +183,28 @@ def _tiled(x, weights, amounts, geo: Geometry, method: str, out_h: int, tile_row
             block = block.clone()
             block[:, :, torch.from_numpy(outside[p0:p1]).to(x.device)] = geo.border_value
         block = pad(block, (0, 0, left, right), geo.border, geo.border_value)
-        pieces.append(_valid(block, weights, geo, method).reshape(n, c, o1 - o0, -1))
-    return torch.cat(pieces, dim=2)
+        piece = _valid(block, weights, geo, method).reshape(n, c, o1 - o0, -1)
+        if out is None:  # filled tile by tile: no second copy of the result
+            out = torch.empty((n, c, out_h, piece.shape[-1]), dtype=piece.dtype, device=piece.device)
+        out[:, :, o0:o1] = piece
+    return out
+
+
+def _fft_length(n: int) -> int:
+    """The smallest 2^a·3^b·5^c ≥ n: FFTs of such lengths are several times faster (a width
+    with a large prime factor, such as 12265 = 5·11·223, is ~3.5x slower than 12288)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
 
 
 def _fft_correlate(flat: torch.Tensor, weights: np.ndarray, stride: int, dilation: int) -> torch.Tensor:
@@ -177,7 +213,7 @@ def _fft_correlate(flat: torch.Tensor, weights: np.ndarray, stride: int, dilatio
     dil = np.zeros((dilation * (kh - 1) + 1, dilation * (kw - 1) + 1))
     dil[::dilation, ::dilation] = weights
     hp, wp = flat.shape[-2:]
-    size = (hp, wp)
+    size = (_fft_length(hp), _fft_length(wp))  # zeros past the frame never reach the valid part
     spectrum = torch.fft.rfft2(flat, s=size)
     kernel = torch.fft.rfft2(torch.as_tensor(dil, dtype=flat.dtype, device=flat.device), s=size)
     full = torch.fft.irfft2(spectrum * kernel.conj(), s=size)

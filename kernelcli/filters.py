@@ -20,10 +20,10 @@ from .convolve import (
     resolve_device,
     sample_at_anchor,
 )
-from .errors import ImageError, UsageError
+from .errors import UsageError
 from .images import Raster
 from .kernel import Kernel
-from .mapping import Stats, map_values
+from .mapping import Stats, check_finite, map_values
 from .options import Options
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's "L" conversion
@@ -61,11 +61,12 @@ def _load(raster: Raster, options: Options) -> _Work:
 
 def _finish(y: torch.Tensor, kernel: Kernel, options: Options, maxval: float) -> tuple[torch.Tensor, Stats]:
     """Map one step's float result to the output depth (or keep it raw)."""
-    if not bool(torch.isfinite(y).all()):
-        raise ImageError(f"kernel {kernel.name!r} gave NaN or infinite values (an overflow?); nothing written")
+    what = f"kernel {kernel.name!r}"
     if options.raw:
+        check_finite(y, what)
         return y, Stats(float(y.min()), float(y.max()), 0.0)
-    return map_values(y, options.map_for(kernel), maxval, scale=options.scale, bias=options.bias_for(kernel))
+    return map_values(y, options.map_for(kernel), maxval, scale=options.scale, bias=options.bias_for(kernel), what=what,
+                      inplace=True)  # y is this step's own result
 
 
 def _raster(y: torch.Tensor, alpha: torch.Tensor | None, options: Options, maxval: float, like: Raster) -> Raster:
@@ -79,9 +80,10 @@ def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Opti
     and rounded to the output bit depth before the next, so a chain of separate runs gives
     the same pixels as one run. Returns the new Raster and each step's Stats (None where
     the fast engine ran with ``options.stats`` off)."""
-    fast = _fast(raster, kernels, options)
-    if fast is not None:
-        return fast
+    quick = _fast_eligible(raster, kernels, options)
+    check_memory(raster, kernels, options, quick)
+    if quick:
+        return _fast(raster, kernels, options)
     work = _load(raster, options)
     geo, x, alpha = options.geometry, work.x, work.alpha
     stats = []
@@ -95,21 +97,43 @@ def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Opti
     return _raster(x, alpha, options, work.maxval, raster), stats
 
 
-def _fast(raster: Raster, kernels: list[Kernel], options: Options):
-    """The strip engine of :mod:`kernelcli.fast` for 8/16-bit images on the CPU, when every
-    step qualifies (plain kernels, stride 1, same padding, no transparency); else None."""
+def check_memory(raster: Raster, kernels: list[Kernel], options: Options, fast: bool | None = None,
+                 name: str | None = None, results: int = 1) -> None:
+    """Refuse (MemoryBudgetError) a job whose estimated peak exceeds ``options.max_memory``;
+    ``results``: each kernel applied alone, all results held at once (apply_each)."""
+    from . import budget
+
+    c, h, w = raster.pixels.shape
+    if fast is None:
+        fast = _fast_eligible(raster, kernels, options)
+    chain = [kernels] if results == 1 else [[k] for k in kernels]
+    need = max(budget.apply_estimate(c, h, w, raster.pixels.itemsize, ks, options, alpha=raster.alpha is not None,
+                                     fast=fast) for ks in chain) * results
+    budget.check(need, options.max_memory, f"{name + ': ' if name else ''}filtering {w}x{h} pixels with {' → '.join(k.name for k in kernels)}")
+
+
+def _fast_eligible(raster: Raster, kernels: list[Kernel], options: Options) -> bool:
+    """Whether the strip engine of :mod:`kernelcli.fast` computes every step: 8/16-bit
+    images on the CPU, no transparency, each step eligible (see fast.eligible)."""
     from . import fast
 
-    maxval = raster.maxval
     c = raster.pixels.shape[0]
     if (options.raw or raster.pixels.dtype not in (np.uint8, np.uint16) or (options.color != "channels" and c != 1)
             or _see_through(raster)
             or resolve_device(options.device).type != "cpu"):
-        return None
+        return False
+    return all(fast.eligible(kernel.flipped() if options.convolve else kernel, options.geometry,
+                             options.map_for(kernel), raster.maxval, c, options.scale, options.bias_for(kernel))
+               for kernel in kernels)
+
+
+def _fast(raster: Raster, kernels: list[Kernel], options: Options):
+    """Every step on the strip engine of :mod:`kernelcli.fast` (see _fast_eligible)."""
+    from . import fast
+
+    maxval = raster.maxval
     steps = [(kernel.flipped() if options.convolve else kernel, kernel) for kernel in kernels]
     modes = [options.map_for(kernel) for kernel in kernels]
-    if not all(fast.eligible(k, options.geometry, m, maxval, c) for (k, _), m in zip(steps, modes)):
-        return None
     hwc = np.ascontiguousarray(raster.pixels.transpose(1, 2, 0))
     stats = []
     for (k, kernel), mode in zip(steps, modes):
@@ -129,6 +153,7 @@ def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options
     plain = all(k.kind == "plain" for k in ks)
     if len(ks) < 2 or _see_through(raster) or options.color == "luma" or not same_frame or not plain:
         return [(r, st[0]) for r, st in (apply_kernels(raster, [k], options) for k in kernels)]
+    check_memory(raster, ks, options, fast=False, results=len(ks))  # the bank holds a result per kernel
     work = _load(raster, options)
     bank = correlate_bank(work.x, [(_taps(k), k.anchor) for k in ks], options.geometry)
     results = []
@@ -162,12 +187,15 @@ def _respond(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
     """A plain kernel's response, or a combined kernel's: magnitude √Σgᵢ², max |gᵢ|, or Σgᵢ."""
     if not k.combine:
         return _correlate_alpha(x, alpha, k, geo)
-    responses = torch.stack([_correlate_alpha(x, alpha, p, geo) for p in k.parts])
+    from .fast import accumulate_part, fold_part
+
+    acc = None
+    for p in k.parts:  # one part at a time: memory for two responses, not one per part
+        r = fold_part(k.combine, _correlate_alpha(x, alpha, p, geo))
+        acc = r if acc is None else accumulate_part(k.combine, acc, r)
     if k.combine == "magnitude":
-        return responses.square().sum(0).sqrt() * (k.scale / k.divisor)
-    if k.combine == "max":
-        return responses.abs().amax(0) * (k.scale / k.divisor)
-    return responses.sum(0) * (k.scale / k.divisor)
+        acc.sqrt_()
+    return acc * (k.scale / k.divisor)
 
 
 def _mix(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:

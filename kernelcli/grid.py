@@ -14,6 +14,7 @@ from .errors import UsageError
 from .images import Raster, from_pil, to_pil
 
 LABEL_FONT_PX = 16
+MAX_SIDE = {"JPEG": 65_500, "WEBP": 16_383}  # the largest side each encoder writes
 POSITIVE = (178, 24, 43)  # diverging palette (ColorBrewer RdBu ends): weights > 0
 NEGATIVE = (33, 102, 172)  # weights < 0
 ZERO = (247, 247, 247)
@@ -154,9 +155,12 @@ def kernel_picture(kernel, cell_px: int = 48, values: bool = True) -> Image.Imag
 
 
 def compose(grid: list[list[Cell | None]], *, labels: bool = True, show_kernels: bool = False,
-            gap: int = 8, background=(255, 255, 255)) -> Image.Image:
+            gap: int = 8, background=(255, 255, 255), fmt: str | None = None,
+            max_memory: int | None = None) -> Image.Image:
     """Lay out rows of cells (None leaves a slot empty) on one RGB sheet, images centred in
-    equal slots sized to the largest cell, each labelled in a band above its image."""
+    equal slots sized to the largest cell, each labelled in a band above its image. The
+    sheet's size is checked before it is drawn: against what ``fmt`` can encode and the
+    memory budget (kernelcli.budget)."""
     cells = [c for row in grid for c in row if c is not None]
     slot_w = max(c.raster.size[1] for c in cells)
     slot_h = max(c.raster.size[0] for c in cells)
@@ -169,6 +173,7 @@ def compose(grid: list[list[Cell | None]], *, labels: bool = True, show_kernels:
         heat_cell = max(6, min(24, (slot_w - 2) // widest))
         heat_px = max(kernel_picture(k, heat_cell).height for k in kernels) + 6
     layout = Layout(len(grid), max(len(r) for r in grid), slot_w, slot_h, label_h + heat_px, gap)
+    check_sheet(layout.size, fmt, max_memory)
     sheet = Image.new("RGB", layout.size, background)
     draw = ImageDraw.Draw(sheet)
     ink = (0, 0, 0) if sum(background) > 382 else (255, 255, 255)
@@ -186,6 +191,18 @@ def compose(grid: list[list[Cell | None]], *, labels: bool = True, show_kernels:
             img = to_rgb8(cell.raster, background)
             sheet.paste(img, (x + (slot_w - img.width) // 2, y + layout.band_h + (slot_h - img.height) // 2))
     return sheet
+
+
+def check_sheet(size: tuple[int, int], fmt: str | None = None, max_memory: int | None = None) -> None:
+    """Refuse a sheet that ``fmt`` cannot encode or that would not fit the memory budget."""
+    from . import budget
+
+    width, height = size
+    limit = MAX_SIDE.get(fmt)
+    if limit and max(width, height) > limit:
+        raise UsageError(f"the sheet would be {width}x{height} pixels; {fmt} holds at most {limit} a side "
+                         "(write .png, or use a smaller --cell or --gap)")
+    budget.check(budget.image_estimate(width, height), max_memory, f"a {width}x{height} sheet")
 
 
 def _fit_text(text: str, font, width: int) -> str:

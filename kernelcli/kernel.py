@@ -129,15 +129,15 @@ def parse_number(text: str, where: str) -> float:
             f"{where}: {t!r} is ambiguous (YAML 1.1 reads a leading 0 as octal); "
             "write it without leading zeros"
         )
-    if _NUMBER_RE.match(t):
-        value = float(t)
-    elif _FRACTION_RE.match(t):
-        num, den = t.split("/")
-        if int(den) == 0:
-            raise KernelFileError(f"{where}: {t!r} divides by zero")
-        value = float(Fraction(int(num), int(den)))
-    else:
+    if not (_NUMBER_RE.match(t) or _FRACTION_RE.match(t)):
         raise KernelFileError(f"{where}: {t!r} is not a number")
+    try:  # huge fractions overflow a float; over 4300 digits, int() itself refuses
+        value = float(Fraction(t)) if "/" in t else float(t)
+    except ZeroDivisionError:
+        raise KernelFileError(f"{where}: {t!r} divides by zero") from None
+    except (OverflowError, ValueError):
+        shown = t if len(t) <= 24 else f"{t[:12]}…{t[-8:]}"
+        raise KernelFileError(f"{where}: {shown!r} ({len(t)} characters) is too large a number") from None
     if not math.isfinite(value):
         raise KernelFileError(f"{where}: {t!r} is not a finite number")
     return value

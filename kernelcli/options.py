@@ -5,12 +5,14 @@ is imported.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .kernel import MAP_MODES
 
+MAX_GEOMETRY = 1 << 24  # largest stride, dilation, padding, factor or window: beyond it no image fits in memory
 BORDERS = ("replicate", "reflect", "symmetric", "circular", "zeros", "constant")
 COLOR_MODES = ("channels", "gray", "luma", "sum")
 
@@ -37,6 +39,9 @@ class Geometry:
             raise UsageError(f"padding must be 'same', 'valid' or a number >= 0, not {self.padding!r}")
         if self.stride < 1 or self.dilation < 1:
             raise UsageError("stride and dilation must be at least 1")
+        for name, value in (("stride", self.stride), ("dilation", self.dilation), ("padding", self.padding)):
+            check_geometry(name, value)
+        check_finite(self.border_value, "border value")
 
 
 def parse_border(text: str) -> tuple[str, float]:
@@ -46,7 +51,7 @@ def parse_border(text: str) -> tuple[str, float]:
         return "zeros", 0.0
     if name == "constant":
         try:
-            return "constant", float(value) if value else 0.0
+            return "constant", check_finite(float(value), "border value") if value else 0.0
         except ValueError:
             raise UsageError(f"border {text!r}: write constant:V with a number V") from None
     if name in BORDERS and not value:
@@ -71,13 +76,27 @@ def pad_amounts(shape: tuple[int, int], anchor: tuple[int, int], geo: Geometry) 
     return p, p, p, p
 
 
+def check_geometry(name: str, value) -> None:
+    """Refuse a stride, dilation, padding, factor or window over MAX_GEOMETRY pixels."""
+    if isinstance(value, int) and value > MAX_GEOMETRY:
+        raise UsageError(f"{name} {value} is over the limit of {MAX_GEOMETRY}")
+
+
+def check_finite(value: float, what: str) -> float:
+    """Refuse NaN and ±inf for a numeric option (they would silently give a black image)."""
+    if not math.isfinite(value):
+        raise UsageError(f"{what} {value!r} is not a finite number")
+    return value
+
+
 def parse_bias(text: str) -> float:
     """``0.5`` or ``50%`` → 0.5 (a fraction of full scale)."""
     t = text.strip()
     try:
-        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
         raise UsageError(f"bias {text!r}: write a fraction such as 0.5 or a percentage such as 50%") from None
+    return check_finite(value, "bias")
 
 
 def check_mode(mode: str) -> str:
@@ -100,12 +119,16 @@ class Options:
     raw: bool = False
     device: str | None = None
     stats: bool = True  # compute each step's Stats (the fast engine skips them when False)
+    max_memory: int | None = None  # bytes a job may use (kernelcli.budget); None: half of the available memory
 
     def __post_init__(self):
         if self.color not in COLOR_MODES:
             raise UsageError(f"unknown color mode {self.color!r}; choose one of {', '.join(COLOR_MODES)}")
         if self.map is not None:
             check_mode(self.map)
+        check_finite(self.scale, "scale")
+        if self.bias is not None:
+            check_finite(self.bias, "bias")
 
     def map_for(self, kernel) -> str:
         """The value mapping of one step: --map, else the kernel's own, else clip."""

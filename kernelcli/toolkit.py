@@ -14,10 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import budget
 from .convolve import Geometry, as_tensor, pad, pad_amounts, resolve_device
 from .shapes import output_size, transposed_size
 from .errors import UsageError
 from .images import Raster
+from .options import MAX_GEOMETRY, check_geometry
 from .mapping import map_values
 
 POOL_OPS = ("max", "avg")
@@ -42,18 +44,22 @@ def _back(y: torch.Tensor, colours: int, raster: Raster, mode: str = "clip") -> 
 
 
 def pool(raster: Raster, op: str, size: int, stride: int | None = None, padding: int = 0,
-         device: str | None = None) -> Raster:
+         device: str | None = None, *, max_memory: int | None = None) -> Raster:
     """Max or average pooling over size×size windows (stride defaults to size), as
     ``torch.nn.MaxPool2d`` / ``AvgPool2d``: max ignores padding, avg counts it as zeros."""
     if op not in POOL_OPS:
         raise UsageError(f"unknown pooling {op!r}; use max or avg")
+    for name, value in (("pool size", size), ("stride", stride), ("padding", padding)):
+        check_geometry(name, value)
     stride = stride or size
     if padding > size // 2:
         raise UsageError(f"pool padding {padding} must be at most half the window ({size // 2})")
-    x, colours = _planes(raster, resolve_device(device))
     h, w = raster.size
-    if output_size(h, size, 2 * padding, stride) < 1 or output_size(w, size, 2 * padding, stride) < 1:
+    oh, ow = output_size(h, size, 2 * padding, stride), output_size(w, size, 2 * padding, stride)
+    if oh < 1 or ow < 1:
         raise UsageError(f"a {size}x{size} window does not fit a {h}x{w} image")
+    _check_memory(raster, oh, ow, max_memory, f"pooling {w}x{h} pixels")
+    x, colours = _planes(raster, resolve_device(device))
     fn = F.max_pool2d if op == "max" else F.avg_pool2d
     return _back(fn(x, size, stride, padding), colours, raster)
 
@@ -82,12 +88,20 @@ def transpose_conv(x: torch.Tensor, weights, stride: int = 1, padding: int = 0, 
 
 
 def transpose(raster: Raster, weights, stride: int = 1, padding: int = 0, dilation: int = 1,
-              device: str | None = None, mode: str = "clip") -> Raster:
+              device: str | None = None, mode: str = "clip", *, max_memory: int | None = None) -> Raster:
+    for name, value in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+        check_geometry(name, value)
+    kh, kw = np.shape(weights)
+    h, w = raster.size
+    oh, ow = transposed_size(h, kh, stride, padding, dilation), transposed_size(w, kw, stride, padding, dilation)
+    # conv_transpose2d computes the full frame (the padding is cropped afterwards)
+    _check_memory(raster, oh + 2 * padding, ow + 2 * padding, max_memory,
+                  f"a transposed convolution of {w}x{h} pixels to {max(ow, 0)}x{max(oh, 0)}")
     x, colours = _planes(raster, resolve_device(device))
     return _back(transpose_conv(x, weights, stride, padding, dilation), colours, raster, mode)
 
 
-def upsample(raster: Raster, factor: int, device: str | None = None) -> Raster:
+def upsample(raster: Raster, factor: int, device: str | None = None, *, max_memory: int | None = None) -> Raster:
     """Enlarge by ``factor`` with a transposed convolution initialised as a bilinear kernel.
 
     The image is first extended by one replicated pixel on each side and the result cropped,
@@ -97,12 +111,26 @@ def upsample(raster: Raster, factor: int, device: str | None = None) -> Raster:
         raise UsageError("the upsampling factor must be at least 1")
     if factor == 1:
         return raster
+    check_geometry("factor", factor)
+    h, w = raster.size
+    _check_memory(raster, (h + 2) * factor, (w + 2) * factor, max_memory, f"upsampling {w}x{h} pixels by {factor}")
     x, colours = _planes(raster, resolve_device(device))
     k = bilinear_kernel(factor)
     p = (factor - factor % 2) // 2
     extended = pad(x, (1, 1, 1, 1), "replicate")
     y = transpose_conv(extended, k, stride=factor, padding=p)[..., factor:-factor, factor:-factor]
     return _back(y, colours, raster)
+
+
+def _check_memory(raster: Raster, out_h: int, out_w: int, max_memory: int | None, what: str) -> None:
+    """Refuse a toolkit job whose estimated peak exceeds ``max_memory`` (kernelcli.budget)."""
+    if max(out_h, out_w) > MAX_GEOMETRY ** 2:
+        raise UsageError(f"{what}: the result would be {out_w}x{out_h} pixels; refused")
+    c = raster.pixels.shape[0] + (raster.alpha is not None)
+    float_size = 8 if raster.pixels.dtype == np.float64 or (raster.maxval or 0) > 255 else 4
+    h, w = raster.size
+    need = budget.toolkit_estimate(c, h, w, max(out_h, 1), max(out_w, 1), float_size)
+    budget.check(need, max_memory, what)
 
 
 # --------------------------------------------------------------------------- learning
@@ -127,7 +155,7 @@ LEARN_TOLERANCE = 0.02
 
 
 def learn(source: Raster, target: Raster, shape: tuple[int, int], geo: Geometry = Geometry(),
-          per_channel: bool = False, anchor: tuple[int, int] | None = None) -> Fit:
+          per_channel: bool = False, anchor: tuple[int, int] | None = None, *, max_memory: int | None = None) -> Fit:
     """The kernel of ``shape`` whose correlation with ``source`` best matches ``target``, by
     linear least squares (exact for exact data). Target pixels at 0 or full scale of an image
     are left out: they may have been clipped. One kernel for all channels, or one per channel."""
@@ -146,6 +174,9 @@ def learn(source: Raster, target: Raster, shape: tuple[int, int], geo: Geometry 
             f"TARGET is {target.size[0]}x{target.size[1]}, but a {kh}x{kw} kernel with padding "
             f"{geo.padding!r}, stride {geo.stride}, dilation {geo.dilation} gives {out_h}x{out_w} from INPUT"
         )
+    # the unfolded columns (C, kh·kw, H'·W') in float64, their copy for numpy, the least-squares copies
+    need = 8 * source.pixels.shape[0] * (kh * kw * out_h * out_w * 4 + (h + top + bottom) * (w + left + right))
+    budget.check(need, max_memory, f"learning a {kh}x{kw} kernel from {w}x{h} pixels")
     padded = pad(x, (top, bottom, left, right), geo.border, geo.border_value)
     cols = F.unfold(padded[0][:, None], (kh, kw), dilation=geo.dilation, stride=geo.stride)  # (C, kh*kw, L)
     a = cols.permute(0, 2, 1).numpy()  # (C, L, taps)

@@ -74,7 +74,7 @@ def test_opaque_alpha_is_carried(library, rng):
 
 def test_not_eligible_cases(library):
     geo = Geometry()
-    assert not fast.eligible(library.get("sobel"), geo, "clip", 255.0, 1)  # combined
+    assert not fast.eligible(library.get("rgb-to-gray"), geo, "clip", 255.0, 3)  # multi-channel
     assert not fast.eligible(library.get("blur"), Geometry(stride=2), "clip", 255.0, 1)
     assert not fast.eligible(library.get("blur"), Geometry(padding="valid"), "clip", 255.0, 1)
     assert not fast.eligible(library.get("blur"), geo, "normalize", 255.0, 1)
@@ -96,3 +96,29 @@ def test_large_separable_kernels_as_banded_products(library, rng, spec, kw, monk
     diff = np.abs(quick.pixels.astype(int) - slow.pixels.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
     assert (qs[0].minimum, qs[0].maximum) == pytest.approx((ss[0].minimum, ss[0].maximum), abs=1e-3)
+
+
+@pytest.mark.parametrize("border", BORDERS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_combined_kernels_stream_by_strips(library, rng, border, channels):
+    """sobel, prewitt, scharr, compass: part by part within each strip, equal to the
+    reference engine, which holds one response per part of the whole image."""
+    mode, value = parse_border(border)
+    pixels = rng.integers(0, 256, (channels, 23, 17)).astype(np.uint8)
+    combined = [k for k in library if k.kind == "combined"]
+    assert {"sobel", "compass"} <= {k.name for k in combined}
+    for kernel in combined:
+        for options in (Options(geometry=Geometry(mode, value)), Options(geometry=Geometry(mode, value), map="offset",
+                                                                         scale=0.7, bias=-0.1, convolve=True)):
+            quick, slow, qs, ss = both(Raster(pixels, maxval=255.0), [kernel], options)
+            assert (qs[0].engine, ss[0].engine) == ("fast", "reference")
+            np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(np.uint8), err_msg=kernel.name)
+            assert qs[0].clipped == pytest.approx(ss[0].clipped, abs=1e-6)
+
+
+def test_combined_kernels_16_bit(library, rng):
+    pixels = rng.integers(0, 65536, (1, 19, 21)).astype(np.uint16)
+    for name in ("sobel", "compass"):
+        quick, slow, qs, _ = both(Raster(pixels, maxval=65535.0), [library.get(name)], Options())
+        assert qs[0].engine == "fast"
+        np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(np.uint16))

@@ -1,0 +1,185 @@
+"""Memory budgets: each job's peak memory is estimated from the image size and the options
+before any work, and refused beyond ``--max-memory``.
+
+The default budget is half of the memory available when kernelcli starts: the smaller of
+the kernel's MemAvailable and what the process's cgroup (container) still allows. The
+estimates count the data a job holds at its peak (the decoded input, float copies, padded
+frames, the engine's working set, the output and its encoded bytes), not the ~0.3 GB that
+Python and torch themselves take. No torch here: the command line checks before importing it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+from .errors import UsageError
+
+DEFAULT_SHARE = 0.5  # of the available memory
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+STRIP_BYTES = 1 << 20  # the fast engine's strip of input pixels (kernelcli.fast.STRIP_BYTES)
+TILE_BYTES = 64 << 20  # the reference engine's working set per tile on the CPU (convolve.TILE_BYTES)
+
+
+class MemoryBudgetError(UsageError):
+    """A job would need more memory than ``--max-memory`` allows (exit 2 before any work;
+    in a batch, that input fails and the others go on)."""
+
+
+def available() -> int:
+    """Bytes this process may still use: min(MemAvailable, cgroup limit − cgroup usage)."""
+    sizes = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                sizes.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            cap = Path("/sys/fs/cgroup", limit).read_text().strip()
+            used = int(Path("/sys/fs/cgroup", usage).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if cap.isdigit() and int(cap) < 1 << 60:
+            sizes.append(max(0, int(cap) - used))
+    if not sizes:
+        try:
+            sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            sizes.append(4 << 30)
+    return min(sizes)
+
+
+def default_budget() -> int:
+    """Half of :func:`available` memory."""
+    return int(available() * DEFAULT_SHARE)
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``8G``, ``1.5GB``, ``1000000`` (bytes) → bytes; units are powers of 1024."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UsageError(f"--max-memory {text!r}: write a size such as 4G, 512M or 1.5G")
+    value = float(m.group(1)) * _UNITS[m.group(2).upper()]
+    if not math.isfinite(value) or value < 1:
+        raise UsageError(f"--max-memory {text!r}: give a size of at least 1 byte")
+    return int(value)
+
+
+def human(n: float) -> str:
+    """1536 → '1.5 KiB'; 3.2e9 → '3.0 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"
+
+
+def check(need: float, budget: int | None, what: str) -> None:
+    """Refuse a job whose estimate ``need`` exceeds ``budget`` (None: the default budget)."""
+    budget = default_budget() if budget is None else budget
+    if need > budget:
+        raise MemoryBudgetError(
+            f"{what} would need about {human(need)} of memory, over the budget of {human(budget)} "
+            f"(--max-memory raises it; the default is half of the available memory)"
+        )
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def apply_estimate(channels: int, height: int, width: int, itemsize: int, kernels, options, *,
+                   alpha: bool = False, fast: bool = False, out_bytes_per_value: int | None = None) -> int:
+    """Peak bytes of ``apply_kernels`` on a (channels, height, width) raster of ``itemsize``
+    bytes a value, with the encoded output. ``fast``: every step runs on the strip engine.
+
+    Fast engine: the input and the output of one step (two in a chain), plus one strip
+    (and its halo of the kernel's reach) per worker. Reference engine: the float input,
+    each step's float result and the temporaries of mapping it (3 more), the padded frame
+    of one tile, and for combined kernels two more responses.
+    """
+    from .shapes import output_size
+
+    geo = options.geometry
+    workers = os.cpu_count() or 1
+    pixels = channels * height * width
+    need = pixels * itemsize + (height * width * itemsize if alpha else 0)
+    h, w, peak = height, width, 0
+    float_size = 8 if itemsize > 1 or itemsize == 8 else 4
+    for kernel in kernels:
+        kh, kw = kernel.shape
+        d = geo.dilation
+        if geo.padding == "same":
+            ph, pw = d * (kh - 1), d * (kw - 1)
+        else:
+            p = 0 if geo.padding == "valid" else geo.padding
+            ph = pw = 2 * p
+        oh = max(1, output_size(h, kh, ph, geo.stride, d))
+        ow = max(1, output_size(w, kw, pw, geo.stride, d))
+        parts = len(kernel.parts) if kernel.combine else 1
+        if fast:
+            strip = min(h, max(1, STRIP_BYTES // max(1, w * channels * itemsize)))
+            block = (strip + ph) * (w + pw) * channels * float_size * (3 + parts)
+            workers = min(workers, -(-h // strip))
+            # the step's output, and the previous step's when chained (a decoded image is
+            # already (H, W, C): the first step reads it without a copy)
+            step = (1 if kernel is kernels[0] else 2) * channels * h * w * itemsize + workers * block
+        else:
+            result = channels * oh * ow * float_size
+            tile_rows = max(1, TILE_BYTES // max(1, channels * (w + pw) * float_size * min(kh * kw, 16)))
+            tile = channels * (min(tile_rows, oh) + ph) * (w + pw) * float_size * min(kh * kw + 2, 18)
+            step = channels * h * w * float_size + result * (4 + (2 if parts > 1 else 0)) + tile
+        peak = max(peak, step)
+        h, w = oh, ow
+    out_values = channels * h * w
+    encoded = 2 * out_values * (out_bytes_per_value or itemsize)  # the encoder's copy and the bytes
+    return int(need + peak + encoded)
+
+
+def image_estimate(width: int, height: int, channels: int = 3, itemsize: int = 1) -> int:
+    """A picture built in memory (a contact sheet): the pixels, Pillow's copy, the bytes."""
+    return 3 * width * height * channels * itemsize
+
+
+def toolkit_estimate(channels: int, height: int, width: int, out_height: int, out_width: int,
+                     float_size: int = 4, copies: int = 3) -> int:
+    """pool / transpose / upsample: the float input and ``copies`` float outputs (the
+    result, its mapping, the encoder's copy)."""
+    return float_size * channels * (height * width * 2 + out_height * out_width * copies)
+
+
+def probe(path: str):
+    """A stand-in Raster with the size, type and channels an input will decode to, read
+    from the header only (no pixel memory: the arrays are broadcast views); None when the
+    header says nothing (CSV, unreadable: reading reports that)."""
+    import numpy as np
+    from PIL import Image
+
+    from .images import IMAGE_FORMATS, Raster
+
+    def view(shape, dtype, value=0):
+        return np.broadcast_to(np.array(value, dtype=dtype), shape)
+
+    try:
+        if str(path).lower().endswith(".npy"):
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if arr.ndim not in (2, 3):
+                return None  # the reader names the shape it refuses
+            h, w, c = arr.shape if arr.ndim == 3 else (*arr.shape, 1)  # arrays are H×W×C (images.py)
+            shape = (c, h, w)
+            return Raster(view(shape, np.float64 if arr.dtype.itemsize > 4 else np.float32), maxval=None)
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
+            w, h = img.size
+            mode, info = img.mode, img.info
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    if mode.startswith("I;16") or mode == "I":
+        return Raster(view((1, h, w), np.uint16), maxval=65535.0)
+    if mode == "F":
+        return Raster(view((1, h, w), np.float32), maxval=None)
+    colours = 1 if mode in ("1", "L", "LA", "La") else 3
+    alpha = mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in info)
+    return Raster(view((colours, h, w), np.uint8), view((h, w), np.uint8, 255) if alpha else None, maxval=255.0)
