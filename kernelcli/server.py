@@ -67,6 +67,7 @@ class Server:
         self.started = self.last_active = time.time()
         self.served = 0
         self.stopping = False
+        self.spare = None
 
     # ------------------------------------------------------------------ start and stop
 
@@ -99,6 +100,9 @@ class Server:
             os.unlink(self.path)
         self.listener.close()
         self.listener = None
+        if self.spare:  # its channel closes: it exits
+            self.spare[1].close()
+            self.spare = None
 
     def serve(self, stamp: str, threads: int) -> None:
         self.threads = threads
@@ -109,6 +113,7 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_stop)
         last_check = time.monotonic()
+        self.spare = self.fork_spare()
         while self.listener is not None or self.workers:
             if self.stopping:
                 self.close_listener("asked to stop")
@@ -157,8 +162,9 @@ class Server:
                 conn.close()
                 return
             conn.settimeout(5)
-            verb, mask, args, env, fds = read_request(conn)
+            raw, fds = read_raw(conn)
             conn.settimeout(None)
+            verb = parse_request(raw)[0]
         except (OSError, ValueError) as exc:  # a client that died or spoke nonsense: drop it
             log(f"dropped a request: {exc}")
             for fd in fds:
@@ -172,7 +178,7 @@ class Server:
             _send(conn, f"pid={os.getpid()}\n".encode())
             conn.close()
         elif verb == "run" and len(fds) == 4 and not self.stopping:
-            self.fork_worker(conn, fds, mask, args, env)
+            self.start_worker(conn, raw, fds)
         else:
             for fd in fds:
                 os.close(fd)
@@ -185,30 +191,62 @@ class Server:
         _send(conn, "".join(f"{k}={v}\n" for k, v in fields.items()).encode())
         conn.close()
 
-    def fork_worker(self, conn, fds, mask, args, env) -> None:
+    def start_worker(self, conn, raw: bytes, fds: list[int]) -> None:
+        """Hand the request to the spare worker, tell the client its pid, fork the next spare."""
+        for _ in range(2):  # a spare that died meanwhile is replaced once
+            spare, self.spare = self.spare or self.fork_spare(), None
+            if spare is None:
+                break
+            pid, channel = spare
+            try:
+                socket.send_fds(channel, [raw[:65536]], fds)
+            except (BrokenPipeError, ConnectionResetError):  # it died before getting the request
+                channel.close()
+                continue
+            try:
+                if len(raw) > 65536:  # it has the fds now; never send the request to a second one
+                    channel.sendall(raw[65536:])
+            except (BrokenPipeError, ConnectionResetError):
+                log(f"worker {pid} went away while receiving a request")
+            finally:
+                channel.close()
+            for fd in fds:
+                os.close(fd)
+            self.served += 1
+            self.workers[pid] = Worker(pid, conn)
+            _send(conn, b"pid %d\n" % pid)
+            self.spare = self.fork_spare()
+            return
+        for fd in fds:  # no worker: the client runs the command itself
+            os.close(fd)
+        conn.close()
+
+    def fork_spare(self):
+        """(pid, channel) of a worker forked ahead of the next request: forking this big process
+        takes tens of milliseconds, off the caller's time this way. None if fork fails."""
+        parent_end, child_end = socket.socketpair()
         sys.stdout.flush()
         sys.stderr.flush()
         try:
             pid = os.fork()
-        except OSError as exc:  # out of processes or memory: the client runs the command itself
+        except OSError as exc:  # out of processes or memory: clients run commands themselves
             log(f"cannot fork a worker: {exc}")
-            for fd in fds:
-                os.close(fd)
-            conn.close()
-            return
+            parent_end.close()
+            child_end.close()
+            return None
         if pid == 0:
-            self.run_worker(conn, fds, mask, args, env)  # never returns
+            parent_end.close()
+            self.run_worker(child_end)  # never returns
+        child_end.close()
         try:
             os.setpgid(pid, pid)  # also done in the child: whichever runs first
         except (PermissionError, ProcessLookupError):
             pass
-        for fd in fds:
-            os.close(fd)
-        self.served += 1
-        self.workers[pid] = Worker(pid, conn)
-        _send(conn, b"pid %d\n" % pid)
+        return pid, parent_end
 
-    def run_worker(self, conn, fds, mask, args, env) -> None:
+    def run_worker(self, channel) -> None:
+        """A worker: wait for one request on ``channel``, take on the caller's fds, folder,
+        environment and umask, run the command, exit with its status."""
         code = 1
         try:
             os.setpgid(0, 0)
@@ -217,9 +255,14 @@ class Server:
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             _die_with_parent()
-            for sock in [self.listener, conn, *(w.conn for w in self.workers.values())]:
+            for sock in [self.listener, *(w.conn for w in self.workers.values())]:
                 sock.close()
             os.close(self.wake_r)
+            if not channel.recv(1, socket.MSG_PEEK):  # the server closed the channel: not needed
+                os._exit(0)
+            raw, fds = read_raw(channel)
+            channel.close()
+            _, mask, args, env = parse_request(raw)
             for target, fd in enumerate(fds[:3]):
                 os.dup2(fd, target)
             os.fchdir(fds[3])
@@ -268,6 +311,9 @@ class Server:
                 return
             if pid == 0:
                 return
+            if self.spare and self.spare[0] == pid:
+                self.spare[1].close()
+                self.spare = None
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
@@ -282,26 +328,37 @@ class Server:
             worker.conn.close()
 
 
-def read_request(conn):
-    """(verb, umask, argv, environment, fds) of one request; ValueError if malformed."""
+def read_raw(conn) -> tuple[bytes, list[int]]:
+    """One request as sent (length prefix included) and the fds that came with it; ValueError if
+    the peer closed or sent too much."""
     first, fds, _, _ = socket.recv_fds(conn, 65536, 4)
-    if len(first) < 4:
-        raise ValueError("short request")
-    (size,) = struct.unpack(">I", first[:4])
-    if size > MAX_REQUEST:
-        raise ValueError(f"request of {size} bytes")
-    chunks, got = [first[4:]], len(first) - 4
-    while got < size:
-        chunk = conn.recv(min(1 << 20, size - got))
-        if not chunk:
-            raise ValueError("truncated request")
-        chunks.append(chunk)
-        got += len(chunk)
-    fields = b"".join(chunks).split(b"\0")
+    try:
+        if len(first) < 4:
+            raise ValueError("short request")
+        (size,) = struct.unpack(">I", first[:4])
+        if size > MAX_REQUEST:
+            raise ValueError(f"request of {size} bytes")
+        chunks, got = [first], len(first) - 4
+        while got < size:
+            chunk = conn.recv(min(1 << 20, size - got))
+            if not chunk:
+                raise ValueError("truncated request")
+            chunks.append(chunk)
+            got += len(chunk)
+    except (ValueError, OSError):
+        for fd in fds:
+            os.close(fd)
+        raise
+    return b"".join(chunks), fds
+
+
+def parse_request(raw: bytes):
+    """(verb, umask, argv, environment) of a request; ValueError if malformed."""
+    fields = raw[4:].split(b"\0")
     verb, mask, argc = fields[0].decode(), int(fields[1]), int(fields[2])
     args = [os.fsdecode(a) for a in fields[3: 3 + argc]]
     env = dict(os.fsdecode(f).split("=", 1) for f in fields[3 + argc:] if b"=" in f)
-    return verb, mask, args, env, fds
+    return verb, mask, args, env
 
 
 def reopen_std_streams() -> None:

@@ -166,6 +166,15 @@ def test_three_stage_pipeline_and_cat_end(served, tmp_path):
     assert requests_served(served) == before + 3
 
 
+def test_each_call_runs_once(served):
+    """Each request reaches one worker (a spare forked ahead is handed each request once)."""
+    before = requests_served(served)
+    for _ in range(20):
+        proc = subprocess.run(CLIENT + ["--version"], env=served, capture_output=True, text=True, timeout=60)
+        assert proc.stdout == "kernelcli, version 0.1.0\n" and proc.returncode == 0
+    assert requests_served(served) == before + 20
+
+
 def test_isatty_is_true_through_a_pty(served):
     import pty
 
