@@ -986,6 +986,14 @@ def entry() -> None:
     """The ``kernelcli`` console script. Runs the click group, then, once torch has been
     imported, leaves without the interpreter's teardown: unloading torch costs about 0.3 s
     and there is nothing left to save (outputs are written and closed, streams flushed)."""
+    code = run()
+    if "torch" in sys.modules:
+        os._exit(code)
+    sys.exit(code)
+
+
+def run() -> int:
+    """The click group on ``sys.argv``, streams flushed; the exit code (the server's workers call this)."""
     try:
         main(prog_name="kernelcli")
         code = 0
@@ -998,9 +1006,7 @@ def entry() -> None:
             stream.flush()
         except (BrokenPipeError, ValueError):
             _silence_stdout()
-    if "torch" in sys.modules:
-        os._exit(code)
-    sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":

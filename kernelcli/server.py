@@ -26,7 +26,8 @@ import time
 from . import client as proto
 
 MAX_REQUEST = 64 << 20
-KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a worker whose client went away
+TERM_DELAY = 0.3  # seconds from a client's going away to SIGTERM for its worker (unless it ends)
+KILL_GRACE = 2.3  # … and to SIGKILL
 _kept = []  # the server's own standard streams, kept alive in a worker (collecting them would close fds 0-2)
 
 
@@ -56,7 +57,7 @@ def warm_up() -> int:
 
 class Worker:
     def __init__(self, pid, conn):
-        self.pid, self.conn, self.kill_at = pid, conn, None
+        self.pid, self.conn, self.term_at, self.kill_at = pid, conn, None, None
 
 
 class Server:
@@ -118,18 +119,24 @@ class Server:
             if self.stopping:
                 self.close_listener("asked to stop")
             conns = {w.conn: w for w in self.workers.values()}
-            ready, _, _ = select.select([wake_r, *([self.listener] if self.listener else []), *conns], [], [], 1.0)
+            deadlines = [t for w in self.workers.values() for t in (w.term_at, w.kill_at) if t is not None]
+            timeout = min([1.0, *(max(0.0, t - time.monotonic()) for t in deadlines)])
+            ready, _, _ = select.select([wake_r, *([self.listener] if self.listener else []), *conns], [], [], timeout)
             if wake_r in ready:
                 while _read_nonblocking(wake_r):
                     pass
             self.reap()
             for conn in ready:
-                if conn in conns:
+                if conn in conns and conns[conn].pid in self.workers:  # not reaped just now
                     self.client_event(conns[conn])
             if self.listener is not None and self.listener in ready:
                 self.accept()
             now = time.monotonic()
             for w in self.workers.values():
+                if w.term_at is not None and now >= w.term_at:
+                    log(f"client of worker {w.pid} went away: stopping it")
+                    _killpg(w.pid, signal.SIGTERM)
+                    w.term_at = None
                 if w.kill_at is not None and now >= w.kill_at:
                     _killpg(w.pid, signal.SIGKILL)
             if now - last_check >= 1.0 and self.listener is not None:
@@ -199,7 +206,7 @@ class Server:
                 break
             pid, channel = spare
             try:
-                socket.send_fds(channel, [raw[:65536]], fds)
+                socket.send_fds(channel, [raw[:65536]], [*fds, conn.fileno()])
             except (BrokenPipeError, ConnectionResetError):  # it died before getting the request
                 channel.close()
                 continue
@@ -247,7 +254,7 @@ class Server:
     def run_worker(self, channel) -> None:
         """A worker: wait for one request on ``channel``, take on the caller's fds, folder,
         environment and umask, run the command, exit with its status."""
-        code = 1
+        code, reply = 1, None
         try:
             os.setpgid(0, 0)
             signal.set_wakeup_fd(-1)
@@ -263,6 +270,7 @@ class Server:
             raw, fds = read_raw(channel)
             channel.close()
             _, mask, args, env = parse_request(raw)
+            reply = fds.pop()  # the client's connection: the exit status goes straight back
             for target, fd in enumerate(fds[:3]):
                 os.dup2(fd, target)
             os.fchdir(fds[3])
@@ -276,9 +284,9 @@ class Server:
             import torch
 
             torch.set_num_threads(self.threads)
-            from .cli import entry
+            from .cli import run
 
-            entry()  # ends the process itself (os._exit) once torch is loaded
+            code = run()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except KeyboardInterrupt:  # as Python does: die by SIGINT
@@ -289,6 +297,11 @@ class Server:
 
             traceback.print_exc()
         finally:
+            if reply is not None:  # before the teardown of this big process: the caller goes on
+                try:
+                    os.write(reply, b"exit %d\n" % code)
+                except OSError:  # the client is gone
+                    pass
             os._exit(code)
 
     def client_event(self, worker: Worker) -> None:
@@ -299,9 +312,8 @@ class Server:
             data = b""
         if data or worker.kill_at is not None:
             return
-        log(f"client of worker {worker.pid} went away: stopping it")
-        _killpg(worker.pid, signal.SIGTERM)
-        worker.kill_at = time.monotonic() + KILL_GRACE
+        worker.kill_at = time.monotonic() + KILL_GRACE  # TERM now, KILL then, unless it ends first
+        worker.term_at = time.monotonic() + TERM_DELAY  # it may just have sent its status and be ending
 
     def reap(self) -> None:
         while True:
@@ -318,20 +330,17 @@ class Server:
             if worker is None:
                 continue
             self.last_active = time.time()
-            if os.WIFSIGNALED(status):
+            if os.WIFSIGNALED(status):  # an exit status the worker sent itself
                 _killpg(pid, signal.SIGKILL)  # anything it started goes too
-                reply = b"signal %d\n" % os.WTERMSIG(status)
-            else:
-                reply = b"exit %d\n" % os.waitstatus_to_exitcode(status)
-            if worker.kill_at is None:
-                _send(worker.conn, reply)
+                if worker.kill_at is None:
+                    _send(worker.conn, b"signal %d\n" % os.WTERMSIG(status))
             worker.conn.close()
 
 
 def read_raw(conn) -> tuple[bytes, list[int]]:
     """One request as sent (length prefix included) and the fds that came with it; ValueError if
     the peer closed or sent too much."""
-    first, fds, _, _ = socket.recv_fds(conn, 65536, 4)
+    first, fds, _, _ = socket.recv_fds(conn, 65536, 8)
     try:
         if len(first) < 4:
             raise ValueError("short request")
