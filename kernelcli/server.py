@@ -26,6 +26,8 @@ import time
 from . import client as proto
 
 MAX_REQUEST = 64 << 20
+SPARES = 3  # workers forked ahead (a 3-stage pipeline asks for three at once)
+SPARE_AFTER = 0.02  # seconds without events before forking a missing spare
 TERM_DELAY = 0.3  # seconds from a client's going away to SIGTERM for its worker (unless it ends)
 KILL_GRACE = 2.3  # … and to SIGKILL
 _kept = []  # the server's own standard streams, kept alive in a worker (collecting them would close fds 0-2)
@@ -68,7 +70,7 @@ class Server:
         self.started = self.last_active = time.time()
         self.served = 0
         self.stopping = False
-        self.spare = None
+        self.spares: list[tuple[int, socket.socket]] = []
 
     # ------------------------------------------------------------------ start and stop
 
@@ -101,9 +103,9 @@ class Server:
             os.unlink(self.path)
         self.listener.close()
         self.listener = None
-        if self.spare:  # its channel closes: it exits
-            self.spare[1].close()
-            self.spare = None
+        for _, channel in self.spares:  # its channel closes: it exits
+            channel.close()
+        self.spares.clear()
 
     def serve(self, stamp: str, threads: int) -> None:
         self.threads = threads
@@ -114,12 +116,13 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_stop)
         last_check = time.monotonic()
-        self.spare = self.fork_spare()
         while self.listener is not None or self.workers:
             if self.stopping:
                 self.close_listener("asked to stop")
             conns = {w.conn: w for w in self.workers.values()}
             deadlines = [t for w in self.workers.values() for t in (w.term_at, w.kill_at) if t is not None]
+            if self.listener is not None and len(self.spares) < SPARES:
+                deadlines.append(time.monotonic() + SPARE_AFTER)  # when nothing happens meanwhile
             timeout = min([1.0, *(max(0.0, t - time.monotonic()) for t in deadlines)])
             ready, _, _ = select.select([wake_r, *([self.listener] if self.listener else []), *conns], [], [], timeout)
             if wake_r in ready:
@@ -131,6 +134,10 @@ class Server:
                     self.client_event(conns[conn])
             if self.listener is not None and self.listener in ready:
                 self.accept()
+            if not ready and self.listener is not None and len(self.spares) < SPARES:
+                spare = self.fork_spare()
+                if spare:
+                    self.spares.append(spare)
             now = time.monotonic()
             for w in self.workers.values():
                 if w.term_at is not None and now >= w.term_at:
@@ -199,9 +206,9 @@ class Server:
         conn.close()
 
     def start_worker(self, conn, raw: bytes, fds: list[int]) -> None:
-        """Hand the request to the spare worker, tell the client its pid, fork the next spare."""
+        """Hand the request to a spare worker (forked now if none is ready), tell the client its pid."""
         for _ in range(2):  # a spare that died meanwhile is replaced once
-            spare, self.spare = self.spare or self.fork_spare(), None
+            spare = self.spares.pop(0) if self.spares else self.fork_spare()
             if spare is None:
                 break
             pid, channel = spare
@@ -222,7 +229,6 @@ class Server:
             self.served += 1
             self.workers[pid] = Worker(pid, conn)
             _send(conn, b"pid %d\n" % pid)
-            self.spare = self.fork_spare()
             return
         for fd in fds:  # no worker: the client runs the command itself
             os.close(fd)
@@ -262,7 +268,7 @@ class Server:
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             _die_with_parent()
-            for sock in [self.listener, *(w.conn for w in self.workers.values())]:
+            for sock in [self.listener, *(w.conn for w in self.workers.values()), *(c for _, c in self.spares)]:
                 sock.close()
             os.close(self.wake_r)
             if not channel.recv(1, socket.MSG_PEEK):  # the server closed the channel: not needed
@@ -323,9 +329,9 @@ class Server:
                 return
             if pid == 0:
                 return
-            if self.spare and self.spare[0] == pid:
-                self.spare[1].close()
-                self.spare = None
+            for spare in [s for s in self.spares if s[0] == pid]:  # a spare died
+                spare[1].close()
+                self.spares.remove(spare)
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
