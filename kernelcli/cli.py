@@ -1226,6 +1226,14 @@ def entry() -> None:
     """The ``kernelcli`` console script. Runs the click group, then, once torch has been
     imported, leaves without the interpreter's teardown: unloading torch costs about 0.3 s
     and there is nothing left to save (outputs are written and closed, streams flushed)."""
+    code = run()
+    if "torch" in sys.modules:
+        os._exit(code)
+    sys.exit(code)
+
+
+def run() -> int:
+    """The click group on ``sys.argv``, streams flushed; the exit code (the server's workers call this)."""
     from .console import guard_streams
 
     guard_streams()
@@ -1247,9 +1255,7 @@ def entry() -> None:
         except WriteError as exc:  # the last of stdout did not fit (a full disk)
             error(str(exc))
             code = code or 1
-    if "torch" in sys.modules:
-        os._exit(code)
-    sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":

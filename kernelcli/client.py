@@ -112,7 +112,10 @@ def _lines(sock):
 def run_through(sock, args: list[str]) -> int | None:
     """Run ``args`` in a worker of the connected server; its exit code, or None when the
     server closed before starting one (nothing ran)."""
-    cwd = os.open(".", getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        cwd = os.open(".", getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:  # a working folder we cannot open: run in-process, where it still works
+        return None
     try:
         request = encode_request("run", args)
         fds = struct.pack("4i", 0, 1, 2, cwd)

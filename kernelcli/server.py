@@ -26,7 +26,10 @@ import time
 from . import client as proto
 
 MAX_REQUEST = 64 << 20
-KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a worker whose client went away
+SPARES = 3  # workers forked ahead (a 3-stage pipeline asks for three at once)
+SPARE_AFTER = 0.02  # seconds without events before forking a missing spare
+TERM_DELAY = 0.3  # seconds from a client's going away to SIGTERM for its worker (unless it ends)
+KILL_GRACE = 2.3  # … and to SIGKILL
 _kept = []  # the server's own standard streams, kept alive in a worker (collecting them would close fds 0-2)
 
 
@@ -56,7 +59,7 @@ def warm_up() -> int:
 
 class Worker:
     def __init__(self, pid, conn):
-        self.pid, self.conn, self.kill_at = pid, conn, None
+        self.pid, self.conn, self.term_at, self.kill_at = pid, conn, None, None
 
 
 class Server:
@@ -67,6 +70,7 @@ class Server:
         self.started = self.last_active = time.time()
         self.served = 0
         self.stopping = False
+        self.spares: list[tuple[int, socket.socket]] = []
 
     # ------------------------------------------------------------------ start and stop
 
@@ -99,6 +103,9 @@ class Server:
             os.unlink(self.path)
         self.listener.close()
         self.listener = None
+        for _, channel in self.spares:  # its channel closes: it exits
+            channel.close()
+        self.spares.clear()
 
     def serve(self, stamp: str, threads: int) -> None:
         self.threads = threads
@@ -113,18 +120,30 @@ class Server:
             if self.stopping:
                 self.close_listener("asked to stop")
             conns = {w.conn: w for w in self.workers.values()}
-            ready, _, _ = select.select([wake_r, *([self.listener] if self.listener else []), *conns], [], [], 1.0)
+            deadlines = [t for w in self.workers.values() for t in (w.term_at, w.kill_at) if t is not None]
+            if self.listener is not None and len(self.spares) < SPARES:
+                deadlines.append(time.monotonic() + SPARE_AFTER)  # when nothing happens meanwhile
+            timeout = min([1.0, *(max(0.0, t - time.monotonic()) for t in deadlines)])
+            ready, _, _ = select.select([wake_r, *([self.listener] if self.listener else []), *conns], [], [], timeout)
             if wake_r in ready:
                 while _read_nonblocking(wake_r):
                     pass
             self.reap()
             for conn in ready:
-                if conn in conns:
+                if conn in conns and conns[conn].pid in self.workers:  # not reaped just now
                     self.client_event(conns[conn])
             if self.listener is not None and self.listener in ready:
                 self.accept()
+            if not ready and self.listener is not None and len(self.spares) < SPARES:
+                spare = self.fork_spare()
+                if spare:
+                    self.spares.append(spare)
             now = time.monotonic()
             for w in self.workers.values():
+                if w.term_at is not None and now >= w.term_at:
+                    log(f"client of worker {w.pid} went away: stopping it")
+                    _killpg(w.pid, signal.SIGTERM)
+                    w.term_at = None
                 if w.kill_at is not None and now >= w.kill_at:
                     _killpg(w.pid, signal.SIGKILL)
             if now - last_check >= 1.0 and self.listener is not None:
@@ -157,8 +176,9 @@ class Server:
                 conn.close()
                 return
             conn.settimeout(5)
-            verb, mask, args, env, fds = read_request(conn)
+            raw, fds = read_raw(conn)
             conn.settimeout(None)
+            verb = parse_request(raw)[0]
         except (OSError, ValueError) as exc:  # a client that died or spoke nonsense: drop it
             log(f"dropped a request: {exc}")
             for fd in fds:
@@ -172,7 +192,7 @@ class Server:
             _send(conn, f"pid={os.getpid()}\n".encode())
             conn.close()
         elif verb == "run" and len(fds) == 4 and not self.stopping:
-            self.fork_worker(conn, fds, mask, args, env)
+            self.start_worker(conn, raw, fds)
         else:
             for fd in fds:
                 os.close(fd)
@@ -185,31 +205,62 @@ class Server:
         _send(conn, "".join(f"{k}={v}\n" for k, v in fields.items()).encode())
         conn.close()
 
-    def fork_worker(self, conn, fds, mask, args, env) -> None:
+    def start_worker(self, conn, raw: bytes, fds: list[int]) -> None:
+        """Hand the request to a spare worker (forked now if none is ready), tell the client its pid."""
+        for _ in range(2):  # a spare that died meanwhile is replaced once
+            spare = self.spares.pop(0) if self.spares else self.fork_spare()
+            if spare is None:
+                break
+            pid, channel = spare
+            try:
+                socket.send_fds(channel, [raw[:65536]], [*fds, conn.fileno()])
+            except (BrokenPipeError, ConnectionResetError):  # it died before getting the request
+                channel.close()
+                continue
+            try:
+                if len(raw) > 65536:  # it has the fds now; never send the request to a second one
+                    channel.sendall(raw[65536:])
+            except (BrokenPipeError, ConnectionResetError):
+                log(f"worker {pid} went away while receiving a request")
+            finally:
+                channel.close()
+            for fd in fds:
+                os.close(fd)
+            self.served += 1
+            self.workers[pid] = Worker(pid, conn)
+            _send(conn, b"pid %d\n" % pid)
+            return
+        for fd in fds:  # no worker: the client runs the command itself
+            os.close(fd)
+        conn.close()
+
+    def fork_spare(self):
+        """(pid, channel) of a worker forked ahead of the next request: forking this big process
+        takes tens of milliseconds, off the caller's time this way. None if fork fails."""
+        parent_end, child_end = socket.socketpair()
         sys.stdout.flush()
         sys.stderr.flush()
         try:
             pid = os.fork()
-        except OSError as exc:  # out of processes or memory: the client runs the command itself
+        except OSError as exc:  # out of processes or memory: clients run commands themselves
             log(f"cannot fork a worker: {exc}")
-            for fd in fds:
-                os.close(fd)
-            conn.close()
-            return
+            parent_end.close()
+            child_end.close()
+            return None
         if pid == 0:
-            self.run_worker(conn, fds, mask, args, env)  # never returns
+            parent_end.close()
+            self.run_worker(child_end)  # never returns
+        child_end.close()
         try:
             os.setpgid(pid, pid)  # also done in the child: whichever runs first
         except (PermissionError, ProcessLookupError):
             pass
-        for fd in fds:
-            os.close(fd)
-        self.served += 1
-        self.workers[pid] = Worker(pid, conn)
-        _send(conn, b"pid %d\n" % pid)
+        return pid, parent_end
 
-    def run_worker(self, conn, fds, mask, args, env) -> None:
-        code = 1
+    def run_worker(self, channel) -> None:
+        """A worker: wait for one request on ``channel``, take on the caller's fds, folder,
+        environment and umask, run the command, exit with its status."""
+        code, reply = 1, None
         try:
             os.setpgid(0, 0)
             signal.set_wakeup_fd(-1)
@@ -217,9 +268,15 @@ class Server:
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             _die_with_parent()
-            for sock in [self.listener, conn, *(w.conn for w in self.workers.values())]:
+            for sock in [self.listener, *(w.conn for w in self.workers.values()), *(c for _, c in self.spares)]:
                 sock.close()
             os.close(self.wake_r)
+            if not channel.recv(1, socket.MSG_PEEK):  # the server closed the channel: not needed
+                os._exit(0)
+            raw, fds = read_raw(channel)
+            channel.close()
+            _, mask, args, env = parse_request(raw)
+            reply = fds.pop()  # the client's connection: the exit status goes straight back
             for target, fd in enumerate(fds[:3]):
                 os.dup2(fd, target)
             os.fchdir(fds[3])
@@ -233,9 +290,9 @@ class Server:
             import torch
 
             torch.set_num_threads(self.threads)
-            from .cli import entry
+            from .cli import run
 
-            entry()  # ends the process itself (os._exit) once torch is loaded
+            code = run()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except KeyboardInterrupt:  # as Python does: die by SIGINT
@@ -246,6 +303,11 @@ class Server:
 
             traceback.print_exc()
         finally:
+            if reply is not None:  # before the teardown of this big process: the caller goes on
+                try:
+                    os.write(reply, b"exit %d\n" % code)
+                except OSError:  # the client is gone
+                    pass
             os._exit(code)
 
     def client_event(self, worker: Worker) -> None:
@@ -256,9 +318,8 @@ class Server:
             data = b""
         if data or worker.kill_at is not None:
             return
-        log(f"client of worker {worker.pid} went away: stopping it")
-        _killpg(worker.pid, signal.SIGTERM)
-        worker.kill_at = time.monotonic() + KILL_GRACE
+        worker.kill_at = time.monotonic() + KILL_GRACE  # TERM now, KILL then, unless it ends first
+        worker.term_at = time.monotonic() + TERM_DELAY  # it may just have sent its status and be ending
 
     def reap(self) -> None:
         while True:
@@ -268,40 +329,51 @@ class Server:
                 return
             if pid == 0:
                 return
+            for spare in [s for s in self.spares if s[0] == pid]:  # a spare died
+                spare[1].close()
+                self.spares.remove(spare)
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
             self.last_active = time.time()
-            if os.WIFSIGNALED(status):
+            if os.WIFSIGNALED(status):  # an exit status the worker sent itself
                 _killpg(pid, signal.SIGKILL)  # anything it started goes too
-                reply = b"signal %d\n" % os.WTERMSIG(status)
-            else:
-                reply = b"exit %d\n" % os.waitstatus_to_exitcode(status)
-            if worker.kill_at is None:
-                _send(worker.conn, reply)
+                if worker.kill_at is None:
+                    _send(worker.conn, b"signal %d\n" % os.WTERMSIG(status))
             worker.conn.close()
 
 
-def read_request(conn):
-    """(verb, umask, argv, environment, fds) of one request; ValueError if malformed."""
-    first, fds, _, _ = socket.recv_fds(conn, 65536, 4)
-    if len(first) < 4:
-        raise ValueError("short request")
-    (size,) = struct.unpack(">I", first[:4])
-    if size > MAX_REQUEST:
-        raise ValueError(f"request of {size} bytes")
-    chunks, got = [first[4:]], len(first) - 4
-    while got < size:
-        chunk = conn.recv(min(1 << 20, size - got))
-        if not chunk:
-            raise ValueError("truncated request")
-        chunks.append(chunk)
-        got += len(chunk)
-    fields = b"".join(chunks).split(b"\0")
+def read_raw(conn) -> tuple[bytes, list[int]]:
+    """One request as sent (length prefix included) and the fds that came with it; ValueError if
+    the peer closed or sent too much."""
+    first, fds, _, _ = socket.recv_fds(conn, 65536, 8)
+    try:
+        if len(first) < 4:
+            raise ValueError("short request")
+        (size,) = struct.unpack(">I", first[:4])
+        if size > MAX_REQUEST:
+            raise ValueError(f"request of {size} bytes")
+        chunks, got = [first], len(first) - 4
+        while got < size:
+            chunk = conn.recv(min(1 << 20, size - got))
+            if not chunk:
+                raise ValueError("truncated request")
+            chunks.append(chunk)
+            got += len(chunk)
+    except (ValueError, OSError):
+        for fd in fds:
+            os.close(fd)
+        raise
+    return b"".join(chunks), fds
+
+
+def parse_request(raw: bytes):
+    """(verb, umask, argv, environment) of a request; ValueError if malformed."""
+    fields = raw[4:].split(b"\0")
     verb, mask, argc = fields[0].decode(), int(fields[1]), int(fields[2])
     args = [os.fsdecode(a) for a in fields[3: 3 + argc]]
     env = dict(os.fsdecode(f).split("=", 1) for f in fields[3 + argc:] if b"=" in f)
-    return verb, mask, args, env, fds
+    return verb, mask, args, env
 
 
 def reopen_std_streams() -> None:

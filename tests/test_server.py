@@ -166,6 +166,15 @@ def test_three_stage_pipeline_and_cat_end(served, tmp_path):
     assert requests_served(served) == before + 3
 
 
+def test_each_call_runs_once(served):
+    """Each request reaches one worker (a spare forked ahead is handed each request once)."""
+    before = requests_served(served)
+    for _ in range(20):
+        proc = subprocess.run(CLIENT + ["--version"], env=served, capture_output=True, text=True, timeout=60)
+        assert proc.stdout == "kernelcli, version 0.1.0\n" and proc.returncode == 0
+    assert requests_served(served) == before + 20
+
+
 def test_isatty_is_true_through_a_pty(served):
     import pty
 
@@ -195,16 +204,36 @@ def _worker_of(env) -> int:
     return int(wait_for(lambda: (status(env) or {}).get("workers"), 60, "a worker"))
 
 
-def test_ctrl_c_exits_130_and_leaves_no_worker(served, tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_term_exits_as_in_process_and_leaves_no_worker(served, tmp_path, signum, code):
     _, args = _slow_batch(tmp_path)
     proc = subprocess.Popen(CLIENT + args, env=served, stderr=subprocess.PIPE, text=True)
     worker = _worker_of(served)
     wait_for(lambda: any((tmp_path / "out").glob("*.png")), 60, "the first output")
-    proc.send_signal(signal.SIGINT)  # what a terminal sends to the client's process group
+    proc.send_signal(signum)  # Ctrl-C: what a terminal sends to the client's process group
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "(interrupted)" in err and "Traceback" not in err
     wait_for(lambda: not alive(worker), 10, "the worker to be gone")
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_worker_too_and_both_continue(served, tmp_path):
+    _, args = _slow_batch(tmp_path, count=60)
+    proc = subprocess.Popen(CLIENT + args, env=served, stderr=subprocess.PIPE, text=True)
+    worker = _worker_of(served)
+    wait_for(lambda: any((tmp_path / "out").glob("*.png")), 60, "the first output")
+    proc.send_signal(signal.SIGTSTP)  # Ctrl-Z
+    wait_for(lambda: _state(proc.pid) == "T" and _state(worker) == "T", 10, "client and worker to stop")
+    proc.send_signal(signal.SIGCONT)  # fg
+    wait_for(lambda: _state(proc.pid) != "T" and _state(worker) != "T", 10, "both to continue")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
 
 
 def test_client_killed_takes_its_worker_and_leaves_no_partial_output(served, tmp_path):
