@@ -132,6 +132,20 @@ class Cluster:
         return Client(self.address, timeout="10s")
 
 
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The server's credentials and endpoint in the standard places (AWS_* variables)."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture
+def prefix(request):
+    """A key prefix of its own for each test."""
+    return f"{BUCKET}/{request.node.name}"
+
+
 def start_worker(address: str, host: str, env: dict, log: Path, name: str) -> subprocess.Popen:
     """One ``dask worker`` process (no nanny: its PID is the worker's own)."""
     with open(log, "wb") as out:

@@ -11,27 +11,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 import kernelcli
 from kernelcli.cluster import chunked
 from tests.conftest import run
-from tests.servers import BUCKET, start_worker, stop, wait_for, worker_env
+from tests.servers import start_worker, stop, wait_for, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def s3(s3_server, monkeypatch):
-    for key, value in s3_server.env.items():
-        monkeypatch.setenv(key, value)
-    return s3_server
-
-
-@pytest.fixture
-def prefix(request):
-    return f"{BUCKET}/{request.node.name}"
 
 
 def upload_images(fs, prefix: str, count: int, size=(40, 30), seed=0) -> dict[str, np.ndarray]:

@@ -21,20 +21,6 @@ from tests.servers import BUCKET
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def s3(s3_server, monkeypatch):
-    """The server's credentials and endpoint in the standard places (AWS_* variables)."""
-    for key, value in s3_server.env.items():
-        monkeypatch.setenv(key, value)
-    return s3_server
-
-
-@pytest.fixture
-def prefix(request):
-    """A key prefix of its own for each test."""
-    return f"{BUCKET}/{request.node.name}"
-
-
 def photos(folder: Path, rng, count=4) -> list[Path]:
     """Small RGB PNGs and one JPEG, one of them in a sub-folder."""
     (folder / "sub").mkdir(parents=True)
