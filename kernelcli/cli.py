@@ -428,7 +428,7 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
         _check_device(options)
         return _apply_stream(job, inputs, output, fmt, files_from, each, overwrite)
     _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler)
+                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler, library)
 
 
 class _Render:
@@ -636,7 +636,7 @@ def _check_device(options):
 
 
 def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler=None):
+                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler=None, library=None):
     import threading
 
     from . import batch, storage
@@ -654,7 +654,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     if output:  # [storage] a store's endpoint, credentials and bucket answer before any work
         output = storage.check_output(output, listing=dir_mode)
     sources, bad = batch.find_inputs(inputs, recursive=recursive, include=include, exclude=exclude,
-                                     listed=listed, avoid=output if dir_mode else None,
+                                     listed=listed, avoid=output if dir_mode else None, kernels=library,
                                      on_skip=lambda p: warn(f"{p}: not a regular file (a FIFO, device or socket); skipped"))
     if not sources and not bad:
         where = ", ".join(map(str, inputs)) or files_from
