@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import stat
 import string
 import threading
@@ -40,10 +41,12 @@ class Terminated(KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class Source:
-    """An input file and the relative path its outputs mirror under -o DIR."""
+    """An input file and the relative path its outputs mirror under -o DIR. ``found``: it came
+    from a folder, a prefix or a --files-from list rather than being named on the command line."""
 
     path: Path
     rel: Path
+    found: bool = False
 
 
 @dataclass
@@ -119,13 +122,17 @@ def _matches(rel: Path, include, exclude) -> bool:
     return (not include or hit(include)) and not hit(exclude)
 
 
-def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), avoid=None, on_skip=None):
+def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), avoid=None, on_skip=None,
+                kernels=None):
     """Sources from command-line paths (files or folders) and ``listed`` paths (--files-from).
 
     Folders yield their image files (by extension; content decides later), descending with
-    ``recursive``; ``avoid`` (the output folder) is never read. Returns (sources, jobs of
-    paths that are missing or not files, recorded as failures). Only regular files are taken:
-    ``on_skip(path)`` is told of FIFOs, devices and sockets found in folders and lists.
+    ``recursive``; ``avoid`` (the output folder) is never read, neither in a folder nor from a
+    list. Files found in folders and lists that kernelcli wrote itself are left out (see
+    ``own_outputs``; ``kernels`` is the library whose names make up output names); files named
+    on the command line are always inputs. Returns (sources, jobs of paths that are missing or
+    not files, recorded as failures). Only regular files are taken: ``on_skip(path)`` is told
+    of FIFOs, devices and sockets found in folders and lists.
     """
     sources, bad = [], []
     avoid = Path(avoid).resolve() if avoid and not _is_url(avoid) else avoid
@@ -137,22 +144,62 @@ def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), av
             if len(objects) == 1 and objects[0][0] == as_path(given):  # the one object named: taken as given
                 sources.append(Source(*objects[0]))
             else:  # a prefix: its image objects, as the files of a folder
-                sources += [Source(o, rel) for o, rel in objects if _wanted(rel, include, exclude)]
+                sources += [Source(o, rel, True) for o, rel in objects if _wanted(rel, include, exclude)]
             continue
         path = Path(given)
         kind = _kind(path)
         if kind == "dir" and not is_listed:
             sources += _scan(path, recursive, include, exclude, avoid, on_skip)
+        elif kind == "file" and is_listed and avoid is not None and not _is_url(avoid) and _under(path, avoid):
+            continue  # an earlier run's output listed again (find . | … -o out/): never an input
         elif kind == "file":
             rel = path if is_listed and not path.is_absolute() and ".." not in path.parts else Path(path.name)
-            sources.append(Source(path, Path(os.path.normpath(rel))))
+            sources.append(Source(path, Path(os.path.normpath(rel)), is_listed))
         elif kind == "other" and is_listed and on_skip is not None:
             on_skip(path)  # a FIFO, device or socket in a list: skipped like one in a folder
         else:
             why = {"dir": "is a directory, not an image", "other": "not a regular file (a FIFO, device or socket)",
                    "missing": "no such file"}.get(kind, kind)
             bad.append(Job(Source(path, Path(path.name)), [], error=f"{given}: {why}"))
-    return sources, bad
+    return own_outputs(sources, kernels), bad
+
+
+def _under(path: Path, folder: Path) -> bool:
+    real = Path(path).resolve()
+    return folder == real or folder in real.parents
+
+
+def own_outputs(sources, kernels):
+    """``sources`` less the found files that kernelcli wrote beside their inputs: ``S-LABEL.x``
+    where a found file ``S.*`` sits in the same folder and LABEL names kernels of ``kernels``
+    (``blur``, ``blur+outline``, ``sharpen-r90``, ``gaussian-2``, ``inline-1a2b3c``) — the
+    default output name ``{stem}-{kernel}{ext}``. So a run over a folder can be run again or
+    resumed with --skip-existing, and a run with other kernels does not filter earlier results.
+    Files named on the command line stay inputs: that is how to filter such a file on purpose.
+    """
+    if kernels is None:
+        return sources
+    stems = {(s.path.parent, s.path.stem) for s in sources if s.found}
+
+    def written(s: Source) -> bool:
+        stem = s.path.stem
+        return any(stem[i] == "-" and (s.path.parent, stem[:i]) in stems and _is_label(stem[i + 1:], kernels)
+                   for i in range(1, len(stem) - 1))
+
+    return [s for s in sources if not (s.found and written(s))]
+
+
+def _is_label(label: str, kernels) -> bool:
+    """``label`` is what {kernel} becomes for kernels of this library: names joined by ``+``,
+    each perhaps turned (``-r90``), generated (``gaussian-2``) or inline (``inline-1a2b3c``)."""
+    from .generate import GENERATORS
+
+    made = re.compile(rf"inline-[0-9a-f]{{6}}|(?:{'|'.join(map(re.escape, GENERATORS))})(?:-[0-9.]+)+")
+
+    def one(text):
+        return any(t in kernels or made.fullmatch(t) for t in (text, re.sub(r"-r-?[0-9.]+$", "", text)))
+
+    return all(one(p) for p in label.split("+"))
 
 
 def _kind(path: Path) -> str:
@@ -180,7 +227,7 @@ def _scan(folder: Path, recursive, include, exclude, avoid, on_skip=None):
             if not _wanted(rel, include, exclude):
                 continue
             if _kind(path) != "other":  # a broken link fails later, when read, as a named failure
-                found.append(Source(path, rel))
+                found.append(Source(path, rel, True))
             elif on_skip is not None:
                 on_skip(path)
     return found
@@ -278,23 +325,31 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
     extension. Raises UsageError for clobbering, output == input, collisions, names leading
     out of the output folder, and folders that cannot be written.
     """
+    def paths(s):
+        for group in groups:
+            if out_file is not None:
+                yield group, _path(out_file)
+                continue
+            name = output_name(template, s, "+".join(k.name for k in group), ext_for(s))
+            base, sub = (_path(out_dir), s.rel.parent) if out_dir is not None else (s.path.parent, Path())
+            yield group, inside(base, sub, name, template)
+
+    planned = [(s, list(paths(s))) for s in sources]
+    written = {}  # output key → the input it is written from
+    for s, outs in planned:
+        for _, path in outs:
+            written.setdefault(_key(path), _key(s.path))
+    # A found file this very run writes from another input is an output, not an input (a re-run
+    # with --name); named on the command line it stays an input and the plan is refused below.
+    planned = [(s, outs) for s, outs in planned
+               if not (s.found and written.get(_key(s.path), _key(s.path)) != _key(s.path))]
     inputs = {}
-    for s in sources:
+    for s, _ in planned:
         inputs.setdefault(_key(s.path), s.path)
     jobs, seen = [], {}
-    for s in sources:
+    for s, outs in planned:
         outputs = []
-        for group in groups:
-            label = "+".join(k.name for k in group)
-            ext = ext_for(s)
-            if out_file is not None:
-                path = _path(out_file)
-            else:
-                name = output_name(template, s, label, ext)
-                if out_dir is not None:
-                    path = inside(_path(out_dir), s.rel.parent, name, template)
-                else:
-                    path = inside(s.path.parent, Path(), name, template)
+        for group, path in outs:
             key = _key(path)
             if key in inputs:
                 raise UsageError(f"{path}: is an input; refusing to overwrite it (choose another -o or --name)")

@@ -428,7 +428,7 @@ def apply(kernel_specs, inputs, output, template, each, recursive, include, excl
         _check_device(options)
         return _apply_stream(job, inputs, output, fmt, files_from, each, overwrite)
     _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler)
+                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler, library)
 
 
 class _Render:
@@ -636,7 +636,7 @@ def _check_device(options):
 
 
 def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, include, exclude, files_from, null, fmt,
-                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler=None):
+                 overwrite, skip_existing, report_path, jobs, quiet, verbose, scheduler=None, library=None):
     import threading
 
     from . import batch, storage
@@ -654,7 +654,7 @@ def _apply_batch(torch_loading, job, inputs, output, template, each, recursive, 
     if output:  # [storage] a store's endpoint, credentials and bucket answer before any work
         output = storage.check_output(output, listing=dir_mode)
     sources, bad = batch.find_inputs(inputs, recursive=recursive, include=include, exclude=exclude,
-                                     listed=listed, avoid=output if dir_mode else None,
+                                     listed=listed, avoid=output if dir_mode else None, kernels=library,
                                      on_skip=lambda p: warn(f"{p}: not a regular file (a FIFO, device or socket); skipped"))
     if not sources and not bad:
         where = ", ".join(map(str, inputs)) or files_from
@@ -1088,43 +1088,46 @@ def _check_save(library, name, overwrite, path: Path):
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("-s", "--step", "steps", multiple=True, required=True, metavar="STEP",
-              help='"KERNEL [stride=S] [padding=P] [dilation=D]", "conv HxW …", "pool K [stride=S]", '
-              '"transpose K|HxW [stride=S] [padding=P]" or "upsample F"; repeat in order.')
+@click.option("-k", "--kernel", "kernel_specs", multiple=True, metavar="KERNEL", shell_complete=complete_kernels,
+              help="A kernel, as in apply, under --padding/--stride/--dilation; repeat to chain.")
+@click.option("--padding", default="same", show_default=True, metavar="same|valid|N", help="As in apply.")
+@click.option("--stride", default=1, show_default=True, type=click.IntRange(min=1), help="As in apply.")
+@click.option("--dilation", default=1, show_default=True, type=click.IntRange(min=1), help="As in apply.")
+@click.option("-s", "--step", "steps", multiple=True, metavar="STEP",
+              help='After the -k kernels: "KERNEL [stride=S] [padding=P] [dilation=D]", "conv HxW …", '
+              '"pool K [stride=S]", "transpose K|HxW [stride=S] [padding=P]" or "upsample F"; repeat in order.')
 @click.option("--size", "size_text", required=True, metavar="HxW[xC]", help="Input size (C channels, default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @kernel_files_option
-def explain(steps, size_text, as_json, kernel_files, max_kernel):
+def explain(kernel_specs, padding, stride, dilation, steps, size_text, as_json, kernel_files, max_kernel):
     """Output size (formula filled in), receptive field and cost of each step of a chain.
+
+    A table on a terminal; one tab-separated line per step when piped (step, in, out,
+    receptive field, jump, cost, height formula, width formula).
 
     \b
     Examples:
-      kernelcli explain --size 5x5 -s "conv 3x3 padding=valid"
-      kernelcli explain --size 32x32x3 -s sharpen -s "pool 2" -s "conv 3x3 stride=2" -s "upsample 2"
+      kernelcli explain -k sharpen --padding valid --stride 2 --size 6x8
+      kernelcli explain --size 32x32x3 -k sharpen -s "pool 2" -s "conv 3x3 stride=2" -s "upsample 2"
     """
     import re as re_
 
-    from .explain import explain as explain_, parse_step
+    from .explain import explain as explain_, kernel_step, parse_step, render
+    from .options import parse_padding
 
     m = re_.fullmatch(r"(\d+)x(\d+)(?:x(\d+))?", size_text)
     if not m:
         raise UsageError(f"--size {size_text!r}: write HxW or HxWxC, e.g. 32x32x3")
+    if not kernel_specs and not steps:
+        raise UsageError("nothing to explain; give -k KERNEL (as in apply) or -s STEP")
     library = load_library(kernel_files, max_kernel)
-    rows = explain_([parse_step(s, library) for s in steps], int(m.group(1)), int(m.group(2)), int(m.group(3) or 1))
+    chain = [kernel_step(k, library, parse_padding(padding), stride, dilation) for k in kernel_specs]
+    rows = explain_(chain + [parse_step(s, library) for s in steps], int(m.group(1)), int(m.group(2)),
+                    int(m.group(3) or 1))
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-        return
-    from rich.table import Table
-
-    from .console import stdout_console
-
-    table = Table("step", "in", "out", "height: formula", "receptive field", "jump", "mult-adds",
-                  box=None, header_style="bold")
-    for r in rows:
-        cost = r.get("multiply_adds", r.get("operations"))
-        table.add_row(r["step"], "x".join(map(str, r["input"])), "x".join(map(str, r["output"])),
-                      r["formula"]["height"], "x".join(map(str, r["receptive_field"])), str(r["jump"]), f"{cost:,}")
-    stdout_console().print(table)
+    else:
+        click.echo(render(rows, table=sys.stdout.isatty()), nl=False)
 
 
 # --------------------------------------------------------------------------- the resident server

@@ -1,6 +1,6 @@
 """Shapes, receptive fields and costs of a chain of convolutions, pools and upsamplings.
 
-A step is written as words: ``KERNEL [stride=S] [padding=P] [dilation=D]``,
+Kernels (``-k``) take apply's geometry (``kernel_step``); a step (``-s``) is written as words: ``KERNEL [stride=S] [padding=P] [dilation=D]``,
 ``conv HxW [...]`` (any kernel of that size), ``pool K [stride=S] [padding=P]``,
 ``transpose KERNEL|HxW [stride=S] [padding=P]`` and ``upsample F``.
 No torch here; the tests check every size against torch's own layers.
@@ -81,6 +81,16 @@ def parse_step(spec: str, library) -> Step:
         kernel = library.resolve(target)
         kh, kw = kernel.shape
         label = f"{head} {kernel.name}" if head == "transpose" else kernel.name
+    return _step(head, label, kernel, kh, kw, stride, padding, dilation)
+
+
+def kernel_step(spec: str, library, padding: str | int = "same", stride: int = 1, dilation: int = 1) -> Step:
+    """The step of ``-k SPEC`` under apply's geometry options (--padding, --stride, --dilation)."""
+    kernel = library.resolve(spec)
+    return _step("conv", kernel.name, kernel, *kernel.shape, stride, padding, dilation)
+
+
+def _step(head, label, kernel, kh, kw, stride, padding, dilation) -> Step:
     c_out = c_in = None
     parts = 1
     if kernel is not None and kernel.kind == "multi-channel":
@@ -159,3 +169,37 @@ def explain(steps: list[Step], height: int, width: int, channels: int = 1) -> li
 
 def _num(v: float):
     return int(v) if float(v).is_integer() else round(v, 4)
+
+
+def render(rows: list[dict], table: bool) -> str:
+    """The rows as text: a table that fits 80 columns, each step's height and width formulas
+    under it and the chain's result at the end (``table``, for a terminal); else one
+    tab-separated line per step: step, in, out, receptive field, jump, cost, height formula,
+    width formula (sizes as HxWxC, fields as HxW)."""
+
+    def x(values):
+        return "x".join(map(str, values))
+
+    cells = [(r["step"], x(r["input"]), x(r["output"]), x(r["receptive_field"]), str(r["jump"]),
+              f"{r.get('multiply_adds', r.get('operations'))}") for r in rows]
+    if not table:
+        return "".join("\t".join([*c, r["formula"]["height"], r["formula"]["width"]]) + "\n"
+                       for c, r in zip(cells, rows))
+    cells = [(_short(c[0], 22), *c[1:5], f"{int(c[5]):,}") for c in cells]
+    head = ("step", "in", "out", "receptive field", "jump", "cost")
+    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
+
+    def line(c):
+        return "  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip()
+
+    out = [line(head)]
+    for c, r in zip(cells, rows):
+        out += [line(c), f"  height {r['formula']['height']}", f"  width  {r['formula']['width']}"]
+    last = rows[-1]
+    out.append(f"chain: {x(rows[0]['input'])} → {x(last['output'])}, receptive field "
+               f"{x(last['receptive_field'])}, jump {last['jump']}")
+    return "\n".join(out) + "\n"
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

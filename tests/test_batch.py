@@ -286,3 +286,75 @@ def test_signal_mid_batch_keeps_finished_outputs_and_leaves_no_temp_files(tmp_pa
         capture_output=True, text=True,
     )
     assert rerun.returncode == 0 and len(list(out.iterdir())) == count
+
+
+# --------------------------------------------------------------------------- runs beside the inputs (issue 13, defects 3 and 9)
+
+
+def test_folder_run_beside_inputs_reruns_and_resumes(tmp_path):
+    """Issue 13 defect 3: the outputs of `apply -k blur batch/` are not inputs of the next run."""
+    batch = tmp_path / "batch"
+    img = make_image(batch / "img.png", 1)
+    assert run("apply", "-k", "blur", batch, "-q").exit_code == 0
+    assert outputs(batch) == ["img-blur.png", "img.png"]
+    again = run("apply", "-k", "blur", batch)
+    assert again.exit_code == 2  # the output exists: refused as before, not "is an input"
+    assert again.stderr == (f"kernelcli: error: {batch / 'img-blur.png'}: already exists; "
+                            "pass --overwrite to replace it or --skip-existing to keep it\n")
+    resumed = run("apply", "-k", "blur", batch, "--skip-existing")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert resumed.stderr == "0 processed, 1 skipped, 0 failed\n"
+    sharpened_run = run("apply", "-k", "sharpen", batch)
+    assert sharpened_run.exit_code == 0, sharpened_run.stderr
+    assert outputs(batch) == ["img-blur.png", "img-sharpen.png", "img.png"]  # no img-blur-sharpen.png
+    np.testing.assert_array_equal(np.asarray(Image.open(batch / "img-sharpen.png")), sharpened(img))
+    chain = run("apply", "-k", "blur", "-k", "outline", "-k", "sharpen@90", "-k", "gaussian:1", batch)
+    assert chain.exit_code == 0, chain.stderr
+    assert run("apply", "-k", "blur", "-k", "outline", "-k", "sharpen@90", "-k", "gaussian:1", batch,
+               "--skip-existing").stderr == "0 processed, 1 skipped, 0 failed\n"
+
+
+def test_earlier_outputs_refiltered_when_named(tmp_path):
+    """Issue 13 defect 3: a file named on the command line is always an input."""
+    batch = tmp_path / "batch"
+    make_image(batch / "img.png", 1)
+    assert run("apply", "-k", "blur", batch, "-q").exit_code == 0
+    result = run("apply", "-k", "sharpen", batch / "img.png", batch / "img-blur.png")
+    assert result.exit_code == 0, result.stderr
+    assert "img-blur-sharpen.png" in outputs(batch)
+
+
+def test_look_alike_without_its_original_is_an_input(tmp_path):
+    """Only a file beside its original counts as an output: photo-blur.png alone is an input,
+    and so is photo-2.png beside photo.png (2 names no kernel)."""
+    make_image(tmp_path / "in" / "photo-blur.png", 1)
+    make_image(tmp_path / "in2" / "photo.png", 2)
+    make_image(tmp_path / "in2" / "photo-2.png", 3)
+    assert run("apply", "-k", "sharpen", tmp_path / "in", tmp_path / "in2", "-o", tmp_path / "out").exit_code == 0
+    assert outputs(tmp_path / "out") == ["photo-2.png", "photo-blur.png", "photo.png"]
+
+
+def test_rerun_with_a_name_template_skips_this_runs_outputs(tmp_path):
+    """Issue 13 defect 3 with --name: a found file this run writes is not one of its inputs."""
+    batch = tmp_path / "batch"
+    make_image(batch / "img.png", 1)
+    assert run("apply", "-k", "blur", batch, "--name", "{stem}_soft{ext}", "-q").exit_code == 0
+    result = run("apply", "-k", "blur", batch, "--name", "{stem}_soft{ext}", "--skip-existing")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == "0 processed, 1 skipped, 0 failed\n"
+    assert outputs(batch) == ["img.png", "img_soft.png"]
+
+
+def test_files_from_never_reads_the_output_folder(tmp_path, monkeypatch):
+    """Issue 13 defect 9: README's `find . -print0 | … --files-from - -0 -o out/` after a run into out/."""
+    monkeypatch.chdir(tmp_path)
+    make_image(tmp_path / "photos" / "a.png", 1)
+    make_image(tmp_path / "photo.png", 2)
+    assert run("apply", "-k", "blur", "photos/", "-o", "out/", "-r", "-q").exit_code == 0
+    assert run("apply", "-k", "sharpen", "photo.png", "-q").exit_code == 0  # photo-sharpen.png beside it
+    found = sorted(str(p) for p in Path(".").rglob("*.png"))
+    assert "out/a.png" in found and "photo-sharpen.png" in found
+    result = run("apply", "-k", "sharpen", "--files-from", "-", "-0", "-o", "out/",
+                 input="\0".join(found).encode())
+    assert result.exit_code == 0, result.stderr
+    assert outputs(tmp_path / "out") == ["a.png", "photo.png", "photos/a.png"]  # no out/out/, no photo-sharpen

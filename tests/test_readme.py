@@ -50,3 +50,17 @@ def test_every_command_of_the_learning_section_runs(tmp_path, monkeypatch):
     for command in commands:
         result = CliRunner().invoke(main, shlex.split(command)[1:])
         assert result.exit_code == 0, f"{command}: {result.stderr}"
+
+
+def test_readme_explain_example_is_what_explain_prints():
+    """The README shows explain's terminal table; the same rows drawn for a terminal match it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kernelcli.cli import main
+    from kernelcli.explain import render
+
+    args = ["explain", "-k", "sharpen", "--padding", "valid", "--stride", "2", "--size", "6x8"]
+    rows = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
+    assert f"$ kernelcli {' '.join(args)}\n{render(rows, table=True)}```" in README

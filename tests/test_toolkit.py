@@ -337,6 +337,64 @@ def test_explain_receptive_field_and_formula():
     assert rows[0]["multiply_adds"] == 3 * 3 * 9
 
 
+def test_explain_takes_applys_geometry_options():
+    """Issue 13: `explain -k sharpen --padding valid --stride 2 --size 6x8` speaks apply's words;
+    sizes from torch's own layer (the issue's 4x6 is the size without --stride 2)."""
+    result = run("explain", "-k", "sharpen", "--padding", "valid", "--stride", "2", "--size", "6x8", "--json")
+    assert result.exit_code == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["output"][:2] == torch_chain_shapes((6, 8), [("conv", 3, 2, 0)])[0] == [2, 3]
+    assert row["receptive_field"] == [3, 3] and row["jump"] == 2
+    chain = json.loads(run("explain", "-k", "blur", "-k", "gaussian:1,5", "--padding", "1", "--dilation", "2",
+                           "--size", "37x29", "-s", "pool 2", "--json").stdout)
+    x = torch.zeros(1, 1, 37, 29)
+    x = torch.nn.Conv2d(1, 1, 3, padding=1, dilation=2)(x)
+    x = torch.nn.Conv2d(1, 1, 5, padding=1, dilation=2)(x)
+    assert [r["output"][:2] for r in chain[:2]] == [[35, 27], list(x.shape[-2:])]
+    assert chain[1]["receptive_field"] == [1 + 2 * 2 + 2 * 4] * 2  # dilated 3, then dilated 5
+    assert chain[2]["step"] == "pool 2x2"
+
+
+def test_explain_piped_is_tsv():
+    result = run("explain", "-k", "sharpen", "--padding", "valid", "--stride", "2", "--size", "6x8")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ("sharpen\t6x8x1\t2x3x1\t3x3\t2\t54\t⌊(6 + 2·0 − 1·(3−1) − 1) / 2⌋ + 1 = 2\t"
+                             "⌊(8 + 2·0 − 1·(3−1) − 1) / 2⌋ + 1 = 3\n")
+
+
+def test_explain_on_a_terminal_fits_80_columns():
+    """A real pseudo-terminal: the table, formulas and the chain's result within 80 columns."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    main, sub = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "80"}
+    proc = subprocess.Popen([sys.executable, "-m", "kernelcli", "explain", "--size", "224x224x3", "-k", "sharpen",
+                             "-s", "pool 2", "-s", "conv 3x3 stride=2", "-s", "upsample 2", "-k", "unsharp:1,2,9"],
+                            stdout=sub, stderr=subprocess.PIPE, env=env)
+    os.close(sub)
+    data = b""
+    while select.select([main], [], [], 30)[0]:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        data += chunk
+    os.close(main)
+    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    proc.stderr.close()
+    lines = data.decode().replace("\r\n", "\n").splitlines()
+    assert lines[0].split() == ["step", "in", "out", "receptive", "field", "jump", "cost"]
+    assert lines[1].split()[:3] == ["sharpen", "224x224x3", "224x224x3"]
+    assert lines[-1] == "chain: 224x224x3 → 112x112x3, receptive field 20x20, jump 2"
+    assert max(map(len, lines)) <= 80
+
+
 # ---------------------------------------------------------------- describing
 
 
