@@ -36,6 +36,7 @@ _CSV_TEXT = re.compile(rb"[\s\d.,eE+-]+")  # numbers as text: what a CSV on stdi
 # BMP (no gray + alpha; Pillow reads 32-bit BMP back as RGB).
 _NO_ALPHA = {"JPEG", "PPM", "BMP"}
 _JPEG_MARKER_BYTES = 65533  # the most an APP1 (EXIF) segment holds
+_ICC_CHUNK = _JPEG_MARKER_BYTES - 14  # an APP2 segment's share of an ICC profile ("ICC_PROFILE\0", number, count)
 
 
 @dataclass(frozen=True)
@@ -277,11 +278,13 @@ def _decode_jpeg(img: Image.Image, data: bytes) -> Raster | None:
 
 
 def _encode_jpeg(raster: Raster, quality: int) -> bytes | None:
-    """8-bit gray or RGB pixels to JPEG with libjpeg-turbo (simplejpeg), 4:2:0 chroma like
-    Pillow's default; None where Pillow encodes (alpha, other depths, EXIF or ICC to embed)."""
+    """8-bit gray or RGB pixels to JPEG with libjpeg-turbo (simplejpeg), 4:2:0 chroma and the
+    quantisation of Pillow's defaults, EXIF and ICC kept; None where Pillow encodes (alpha, other
+    depths, an EXIF block too big for a JPEG, which Pillow's path refuses with its message)."""
     c = raster.pixels.shape[0]
     if (raster.maxval != 255.0 or raster.alpha is not None or c not in (1, 3)
-            or raster.icc_profile or raster.exif):
+            or (raster.exif and len(raster.exif) > _JPEG_MARKER_BYTES)  # Pillow's path says why
+            or (raster.icc_profile and len(raster.icc_profile) > 255 * _ICC_CHUNK)):
         return None
     try:
         import simplejpeg
@@ -289,8 +292,27 @@ def _encode_jpeg(raster: Raster, quality: int) -> bytes | None:
         return None
     arr = np.ascontiguousarray(raster.pixels.transpose(1, 2, 0), dtype=np.uint8)
     if c == 1:
-        return simplejpeg.encode_jpeg(arr, quality=quality, colorspace="GRAY", colorsubsampling="Gray")
-    return simplejpeg.encode_jpeg(arr, quality=quality, colorspace="RGB", colorsubsampling="420")
+        data = simplejpeg.encode_jpeg(arr, quality=quality, colorspace="GRAY", colorsubsampling="Gray")
+    else:
+        data = simplejpeg.encode_jpeg(arr, quality=quality, colorspace="RGB", colorsubsampling="420")
+    return _with_metadata(data, raster.exif, raster.icc_profile)
+
+
+def _with_metadata(data: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
+    """A JPEG with an EXIF block (APP1) and an ICC profile (APP2, in chunks, as the ICC spec and
+    Pillow write it) inserted after its JFIF header."""
+    markers = []
+    if exif:
+        markers.append(b"\xff\xe1" + struct.pack(">H", 2 + len(exif)) + exif)
+    if icc:
+        chunks = [icc[i:i + _ICC_CHUNK] for i in range(0, len(icc), _ICC_CHUNK)]
+        for number, chunk in enumerate(chunks, 1):
+            markers.append(b"\xff\xe2" + struct.pack(">H", 16 + len(chunk)) + b"ICC_PROFILE\0"
+                           + bytes((number, len(chunks))) + chunk)
+    if not markers:
+        return data
+    at = 4 + struct.unpack(">H", data[4:6])[0] if data[2:4] == b"\xff\xe0" else 2  # after SOI and JFIF
+    return data[:at] + b"".join(markers) + data[at:]
 
 
 # 16-bit colour (RGB, RGBA, gray+alpha) in PNG and TIFF: Pillow holds only 8-bit colour, so these

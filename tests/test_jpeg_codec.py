@@ -75,7 +75,7 @@ def test_icc_and_exif_are_read_and_written(rng, calls):
     raster = read("x.jpg", jpeg(noise(rng, "RGB"), icc_profile=icc, exif=exif.tobytes()))
     assert calls["decode"] == 1 and raster.icc_profile == icc
     out = Image.open(io.BytesIO(encode(raster, "JPEG", quality=90)))
-    assert out.info["icc_profile"] == icc and out.getexif()[0x010F] == "maker"
+    assert out.info["icc_profile"] == icc and out.getexif()[0x010F] == "maker" and calls["encode"] == 1
 
 
 def test_cmyk_is_still_decoded_by_pillow(calls):
@@ -105,3 +105,22 @@ def test_encode_through_the_fast_path_like_pillows_defaults(rng, calls, mode):
     assert JpegImagePlugin.get_sampling(out) == JpegImagePlugin.get_sampling(pillow)  # 4:2:0 for RGB
     assert out.quantization == pillow.quantization  # the same quality scale
     assert np.abs(np.asarray(out).astype(int) - arr).max() <= 8  # a quality-95 encode of a smooth ramp
+
+
+def test_large_icc_profile_and_exif_are_embedded_by_the_fast_encoder(rng, calls):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    big_icc = icc + bytes(rng.integers(0, 256, 150_000, dtype=np.uint8))  # three APP2 chunks
+    exif = Image.Exif()
+    exif[0x010F] = "maker"
+    pixels = rng.integers(0, 256, (3, 16, 24), dtype=np.uint8)
+    data = encode(Raster(pixels, maxval=255.0, icc_profile=big_icc, exif=exif.tobytes()), "JPEG", quality=90)
+    assert calls["encode"] == 1
+    out = Image.open(io.BytesIO(data))
+    out.load()
+    assert out.info["icc_profile"] == big_icc and out.getexif()[0x010F] == "maker" and out.size == (24, 16)
+
+
+def test_exif_too_big_for_a_jpeg_is_still_refused(rng):
+    raster = Raster(rng.integers(0, 256, (3, 8, 8), dtype=np.uint8), maxval=255.0, exif=b"Exif\0\0" + bytes(70_000))
+    with pytest.raises(ImageError, match="does not fit in a JPEG"):
+        encode(raster, "JPEG", quality=90)
