@@ -15,6 +15,7 @@ finish first.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import select
 import signal
@@ -50,7 +51,12 @@ def warm_up() -> int:
     import yaml  # noqa: F401
 
     PIL.Image.init()
-    from . import batch, cli, convolve, fast, filters, grid, images, kernels, mapping, options, toolkit  # noqa: F401
+    import simplejpeg  # noqa: F401  (images' JPEG codec)
+
+    from . import (  # noqa: F401  (every module an apply call imports, so no worker compiles one)
+        analysis, batch, budget, cli, convolve, fast, filters, generate, grid, images, kernels, mapping, options,
+        storage, toolkit,
+    )
 
     kernels.load_file(kernels.shipped_path())  # parsed once here; workers reuse it while it is unchanged
     torch.nn.functional.conv2d(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 3, 3))
@@ -446,6 +452,7 @@ def main(argv=None) -> None:
     stamp = proto.stamp()
     log(f"starting for {opts.socket}")
     threads = warm_up()
+    gc.freeze()  # what is loaded now stays: a worker's collections neither walk nor copy it
     server = Server(opts.socket, opts.idle)
     if proto.stamp() != stamp:
         log("the install changed while starting; not serving")
