@@ -380,16 +380,6 @@ def transform_file(source, output, fn, *, suffix, fmt=None, overwrite=False, dev
     return run_single(source, output, render, fmt=fmt, overwrite=overwrite, suffix=suffix, limits=limits)
 
 
-def apply_stream(source, output, kernels, *, fmt=None, overwrite=False, options=None, quality=95, stats=False,
-                 limits=None, background=None, library=None) -> str:
-    """One image from ``source`` (a file or - for stdin) through ``kernels`` in sequence to ``output``
-    (a file or - for stdout; default: stdout for stdin). Returns the output."""
-    renderer = Renderer(tuple(resolve(kernels, library)), options, quality, stats, limits or _limits(), background)
-    check_device(options.device if options is not None else None)
-    return run_single(source, output or "-", lambda raster, out_fmt, name: renderer(raster, renderer.kernels, out_fmt, name),
-                      fmt=fmt, overwrite=overwrite, limits=renderer.limits)
-
-
 def picture_output(output, fmt, overwrite, inputs=()) -> str:
     """Check where a picture goes before any work; return its Pillow format name."""
     from .images import IMAGE_FORMATS
