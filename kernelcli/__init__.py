@@ -14,6 +14,10 @@ from .version import __version__
 
 __all__ = [
     "apply",
+    "apply_file",
+    "apply_paths",
+    "Batch",
+    "Report",
     "load_library",
     "Kernel",
     "KernelLibrary",

@@ -19,9 +19,15 @@ from .errors import (
 )
 from .kernel import MAX_KERNEL_SIZE, Kernel
 from .kernels import KernelLibrary, parse_inline
+from .batch import Report
+from .runner import Batch, apply_file, apply_paths
 
 __all__ = [
     "apply",
+    "apply_file",
+    "apply_paths",
+    "Batch",
+    "Report",
     "load_library",
     "Kernel",
     "KernelLibrary",

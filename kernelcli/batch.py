@@ -74,6 +74,8 @@ class Report:
     stream: object = None  # a text stream the JSON lines go to as they happen (--report -), or None
     lines: list[str] = field(default_factory=list)  # every JSON line, for a --report file written at the end
     on_fail: object = None  # called with (job, message) as each failure happens
+    interrupted: int | None = None  # 130 (Ctrl-C) or 143 (SIGTERM) when the run was interrupted
+    fatal: str | None = None  # the destination failed (or the report file could not be written): the run stopped
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, job: Job, status: str, error: str | None = None) -> None:
@@ -104,6 +106,10 @@ class Report:
 
     @property
     def exit_code(self) -> int:
+        if self.fatal is not None:
+            return 1
+        if self.interrupted is not None:
+            return self.interrupted
         if not self.failed:
             return 0
         return 1 if self.total == 1 else 3

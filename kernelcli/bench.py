@@ -350,3 +350,29 @@ def machine() -> dict:
 
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def bench_in(workdir: str | None, samples: str | None, *, log=print, **kwargs) -> dict:
+    """:func:`bench` in ``workdir`` (a new or empty folder, or one made by an earlier bench;
+    default: a temporary folder, removed after), on the photos of ``samples`` (default: the
+    repository's samples/)."""
+    import tempfile
+
+    from .errors import UsageError
+
+    samples_dir = Path(samples) if samples else Path(__file__).resolve().parents[1] / "samples"
+    if not (samples_dir / "camera.png").exists():
+        raise UsageError(f"{samples_dir}: no sample photos here; pass --samples DIR (the repository's samples/)")
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kernelcli-bench-"))
+    mark = work / ".kernelcli-bench"  # bench replaces its own files here on every run: only in its own folder
+    if workdir == "-" or (work.is_dir() and any(work.iterdir()) and not mark.exists()):
+        raise UsageError(f"--workdir {workdir}: not a new or empty folder, nor one made by kernelcli bench; "
+                         "bench replaces files in it, so give a new or empty folder")
+    work.mkdir(parents=True, exist_ok=True)
+    mark.touch()
+    log(f"workloads in {work}")
+    try:
+        return bench(work, samples_dir, log=log, **kwargs)
+    finally:
+        if not workdir:  # our own temporary folder; a --workdir is the user's and stays
+            shutil.rmtree(work, ignore_errors=True)

@@ -244,3 +244,20 @@ def print_bench(data: dict, repeat: int) -> None:
         out.print(f"{name} in-process split, one thread: " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
     if "server" in data:
         out.print(f"resident server: pid {data['server']['pid']}, idle memory {data['server']['idle_rss_mb']:.0f} MB")
+
+
+def print_library(library) -> None:
+    """``kernels list`` at a terminal: a table of the kernels, then the generators."""
+    from rich.table import Table
+
+    from .generate import GENERATORS, ROTATION_HELP
+
+    table = Table("name", "size", "sum", "description", box=None, header_style="bold")
+    for k in library:
+        total = f"{sum(sum(r) for r in k.matrix) * k.scale / k.divisor:g}" if k.kind == "plain" else k.kind
+        table.add_row(k.name, "x".join(map(str, k.shape)), total, k.description)
+    console = stdout_console()
+    console.print(table)
+    console.print("\n[bold]generated[/] (usable wherever a name is):")
+    for line in [*GENERATORS.values(), ROTATION_HELP]:
+        console.print(f"  {line}")

@@ -190,7 +190,7 @@ def test_undecodable_file_names_print_and_report_safely(tmp_path):
 
 
 def test_stdin_size_cap(monkeypatch):
-    import kernelcli.cli as cli
+    import kernelcli.runner as runner
 
     class Stdin:
         class buffer:
@@ -198,9 +198,9 @@ def test_stdin_size_cap(monkeypatch):
             def read(n):
                 return b"x" * n
 
-    monkeypatch.setattr(cli.sys, "stdin", Stdin)
+    monkeypatch.setattr(runner.sys, "stdin", Stdin)
     with pytest.raises(Exception, match="stdin: more than 100 bytes; refused"):
-        cli._read_stdin(100)
+        runner.read_stdin(100)
 
 
 def test_tiled_equals_untiled_in_every_mode(rng):

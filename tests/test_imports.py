@@ -77,7 +77,7 @@ def test_the_graph_reader_sees_imports_and_cycles():
     graph = import_graph()
     assert "kernelcli.kernel" in graph["kernelcli.generate"]  # top-level `from .kernel import ...`
     assert "kernelcli.analysis" in graph["kernelcli.convolve"]  # an import inside a function
-    assert "kernelcli.batch" in graph["kernelcli.cli"]  # `from . import batch`: the submodule
+    assert "kernelcli.batch" in graph["kernelcli.runner"]  # `from . import batch`: the submodule
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -97,3 +97,21 @@ def test_kernel_modules_build_on_each_other_in_one_direction():
     # storage only for kernel files at URLs
     assert graph["kernelcli.kernels"] <= {"kernelcli.errors", "kernelcli.kernel", "kernelcli.analysis",
                                           "kernelcli.generate", "kernelcli.images", "kernelcli.storage"}
+
+
+ENTRY_POINTS = {"kernelcli.__main__", "kernelcli.client", "kernelcli.server"}  # above the CLI: they start it
+ENGINE = {"kernelcli.convolve", "kernelcli.fast", "kernelcli.filters", "kernelcli.mapping"}
+
+
+def test_no_module_imports_upward():
+    """CLI ← runner ← engine ← kernel type: the CLI package may import the runner and the library;
+    the runner imports no CLI module; the engine neither runner nor CLI; kernel.py only errors."""
+    graph = import_graph()
+    cli = {m for m in graph if m == "kernelcli.cli" or m.startswith("kernelcli.cli.")}
+    assert {"kernelcli.cli.apply", "kernelcli.cli.common"} <= cli and "kernelcli.runner" in graph
+    assert "kernelcli.runner" in graph["kernelcli.cli.apply"]
+    for module in set(graph) - cli - ENTRY_POINTS:
+        assert not graph[module] & cli, f"{module} imports the CLI: {sorted(graph[module] & cli)}"
+    for module in ENGINE:
+        assert not graph[module] & (cli | {"kernelcli.runner", "kernelcli.api"}), f"{module} imports upward"
+    assert graph["kernelcli.kernel"] == {"kernelcli.errors"}

@@ -204,7 +204,7 @@ def test_long_output_names_use_short_temp_names_and_fail_alone(tmp_path):
 HARNESS = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    import kernelcli.images as images, kernelcli.batch as batch, kernelcli.cli as cli
+    import kernelcli.images as images, kernelcli.batch as batch, kernelcli.cli as cli, kernelcli.runner as runner
     marker, where = Path(sys.argv[1]), sys.argv[2]
 
     def stall():
@@ -228,8 +228,8 @@ HARNESS = textwrap.dedent("""
 
         images.os.fdopen = lambda fd, mode: Slow(real_fdopen(fd, mode))
     elif where == "start-up":
-        real_load = cli.load_library
-        cli.load_library = lambda *a, **kw: (stall(), real_load(*a, **kw))[1]
+        real_load = runner.load_library
+        runner.load_library = lambda *a, **kw: (stall(), real_load(*a, **kw))[1]
     elif where == "batch":
         real_job = batch.process_job
 

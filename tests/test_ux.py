@@ -173,7 +173,7 @@ def test_a_folder_output_with_a_slash_still_works(tmp_path, rng):
 
 
 def test_every_output_extension_is_a_format_word_and_back():
-    from kernelcli.cli import FormatChoice
+    from kernelcli.cli.common import FormatChoice
     from kernelcli.images import ARRAY_FORMATS, FORMATS, format_for_path
 
     assert set(FormatChoice().choices) == set(FORMATS)

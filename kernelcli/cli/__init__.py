@@ -1,0 +1,121 @@
+"""The command line: each command parses its options, calls the library (kernelcli.runner and
+friends) and turns the outcome into an exit code. Library errors become one-line messages here.
+
+Exit codes: 0 ok · 1 runtime failure · 2 usage error · 3 some inputs of a batch failed · 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .. import runner
+from ..console import error
+from ..errors import KernelcliError, WriteError
+from ..version import __version__
+from . import apply, bench, explain, grid, kernels, learn, server, toolkit
+from .common import CONTEXT
+
+# The flag that changes a library setting named by an error (KernelcliError.setting), as the
+# end of the message; library messages describe the problem and never name a flag.
+SETTING_FLAGS = {
+    "max_kernel": " (--max-kernel raises it)",
+    "overwrite": "; pass --overwrite to replace it",
+}
+
+
+def message(exc: KernelcliError) -> str:
+    """What the user reads for a library error: its text and the flag that resolves it."""
+    return str(exc) + SETTING_FLAGS.get(exc.setting, "")
+
+
+class Group(click.Group):
+    """Turns kernelcli's own errors into one-line messages and exit codes, in one place."""
+
+    def invoke(self, ctx):
+        try:
+            with runner.signals():  # SIGTERM as Ctrl-C, through the code's clean-up (exit 143)
+                return super().invoke(ctx)
+        except KernelcliError as exc:
+            error(message(exc))
+            ctx.exit(exc.exit_code)
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+            _silence_stdout()
+            ctx.exit(1)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside a batch (a batch says more)
+            error("interrupted")
+            ctx.exit(runner.interrupt_code(exc))
+
+
+def _silence_stdout():
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="kernelcli")
+@click.option("--no-server", is_flag=True, expose_value=False,
+              help="Run in this process, not through the resident server (also: KERNELCLI_SERVER=off).")
+def main():
+    """Filter images with named convolution kernels, on the CPU or a GPU.
+
+    \b
+    Examples:
+      kernelcli kernels list
+      kernelcli kernels show sobel-right
+      kernelcli apply -k sharpen photo.jpg              # writes photo-sharpen.jpg
+      kernelcli apply -k blur -k outline in.png -o out.png
+      kernelcli apply -k blur photos/ -o out/ --recursive
+      cat in.png | kernelcli apply -k emboss - -o - > out.png
+      kernelcli grid -k sobel-left -k sobel-right -k sharpen in.jpg -o grid.png
+      kernelcli explain --size 32x32 -s sharpen -s "pool 2"
+
+    Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error,
+    3 some inputs of a batch failed, 130 interrupted (143 on SIGTERM).
+    """
+
+
+for _module in (kernels, apply, grid, toolkit, learn, explain, server, bench):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)
+
+
+def entry() -> None:
+    """The ``kernelcli`` console script. Runs the click group, then, once torch has been
+    imported, leaves without the interpreter's teardown: unloading torch costs about 0.3 s
+    and there is nothing left to save (outputs are written and closed, streams flushed)."""
+    code = run()
+    if "torch" in sys.modules:
+        os._exit(code)
+    sys.exit(code)
+
+
+def run() -> int:
+    """The click group on ``sys.argv``, streams flushed; the exit code (the server's workers call this)."""
+    from ..console import guard_streams
+
+    guard_streams()
+    try:
+        main(prog_name="kernelcli")
+        code = 0
+    except WriteError as exc:  # stdout failed outside a command (kernelcli --help >&-)
+        error(str(exc))
+        code = 1
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            _silence_stdout()
+        except WriteError as exc:  # the last of stdout did not fit (a full disk)
+            error(str(exc))
+            code = code or 1
+    return code

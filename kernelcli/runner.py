@@ -1,0 +1,721 @@
+"""The runner: a whole job from paths to written files, for the CLI and for Python users.
+
+It plans (inputs → outputs, names, formats, overwrite/skip/refuse), reads, renders, writes
+atomically, writes the report, handles SIGINT/SIGTERM, the worker and torch thread counts and
+the progress bar, and returns a :class:`kernelcli.batch.Report`. It never imports click::
+
+    from kernelcli import apply_paths, apply_file
+    report = apply_paths(["photos/"], ["sharpen"], output="out/", recursive=True)
+    apply_file("in.png", ["blur", "outline"], "edges.png")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .batch import Terminated
+from .console import error, make_progress, say, warn
+from .errors import KernelcliError, UsageError, WriteError
+from .kernel import MAX_KERNEL_SIZE
+
+QUIET, NORMAL, VERBOSE = 0, 1, 2  # how much a run says on stderr (errors are always said)
+
+
+# --------------------------------------------------------------------------- settings and the kernel library
+
+
+def app_dir() -> Path:
+    """The per-user configuration folder (as click.get_app_dir("kernelcli"))."""
+    if sys.platform.startswith("win"):
+        return Path(os.environ.get("APPDATA") or Path.home()) / "kernelcli"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "kernelcli"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kernelcli"
+
+
+def user_kernel_files(extra=()) -> list:
+    """Library files after the shipped one: per-user file, $KERNELCLI_KERNELS, then ``extra``."""
+    files = []
+    user = app_dir() / "kernels.yaml"
+    if user.is_file():
+        files.append(user)
+    env = os.environ.get("KERNELCLI_KERNELS", "")
+    files += [Path(p) for p in env.split(os.pathsep) if p]
+    files += [p if "://" in str(p) else Path(p) for p in extra]  # [storage] kernel files at URLs
+    return files
+
+
+def load_library(extra=(), max_kernel: int = MAX_KERNEL_SIZE):
+    """The shipped kernels, the user's files and ``extra`` files."""
+    from .kernels import KernelLibrary
+
+    return KernelLibrary.load(user_kernel_files(extra), max_kernel=max_kernel)
+
+
+def resolve(kernels, library=None) -> list:
+    """Names, inline specs or Kernel values → Kernels (``library`` default: the user's library)."""
+    from .kernel import Kernel
+
+    if not all(isinstance(k, Kernel) for k in kernels):
+        library = library or load_library()
+    return [k if isinstance(k, Kernel) else library.resolve(k) for k in kernels]
+
+
+@dataclass(frozen=True)
+class Renderer:
+    """One raster through one group of kernels into encoded bytes (pickled to Dask workers)."""
+
+    kernels: tuple
+    options: object = None  # kernelcli.options.Options; None: the defaults
+    quality: int = 95
+    stats: bool = False
+    limits: object = None  # kernelcli.images.Limits; None: the defaults
+    background: tuple | None = None  # flatten transparency onto this colour for formats without alpha
+
+    def _options(self, raster, fmt):
+        """Raw floats out: arrays, and float images into a format that holds them (gray TIFF)."""
+        from .options import Options
+
+        raw = fmt in ("NPY", "CSV") or (raster.maxval is None and fmt == "TIFF" and raster.pixels.shape[0] == 1)
+        return replace(self.options or Options(), raw=raw)
+
+    def check_memory(self, source, groups, fmt) -> None:
+        """Refuse, from the input's header and before any work, a job over the memory budget."""
+        from .budget import probe
+        from .filters import check_memory
+
+        raster = probe(source)
+        for group in groups if raster is not None else ():
+            check_memory(raster, list(group), self._options(raster, fmt), name=str(source))
+
+    def __call__(self, raster, group, fmt, name) -> bytes:
+        from .filters import apply_kernels
+        from .images import encode
+
+        options = self._options(raster, fmt)
+        if raster.maxval is None and not options.raw and options.map is None:  # never clip floats unasked
+            raise UsageError(f"{name}: the input holds float values and {fmt} holds 0–255: pass --map normalize "
+                             "to stretch them (--map clip to clip), or write .npy (or a gray .tif) to keep them")
+        result, step_stats = apply_kernels(raster, list(group), options)
+        if self.stats:
+            for k, st in zip(group, step_stats):
+                if st is not None:
+                    say(f"{name}: {k.name}: min {st.minimum:g}, max {st.maximum:g}, clipped {st.clipped:.2%}")
+        return encode(result, fmt, quality=self.quality, name=str(name), background=self.background)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """How a batch finds its inputs, names and writes its outputs, and what it says."""
+
+    output: str | None = None
+    template: str | None = None  # --name
+    each: bool = False
+    recursive: bool = False
+    include: tuple = ()
+    exclude: tuple = ()
+    files_from: str | None = None
+    null: bool = False
+    fmt: str | None = None  # a --format word
+    overwrite: bool = False
+    skip_existing: bool = False
+    report_path: str | None = None
+    jobs: int | None = None
+    verbosity: int = NORMAL
+    scheduler: str | None = None
+    storage_options: tuple = ()
+
+
+def _limits():
+    from .images import Limits
+
+    return Limits()
+
+
+# --------------------------------------------------------------------------- signals and threads
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def signals():
+    """SIGTERM ends the run as Ctrl-C does (KeyboardInterrupt, as batch.Terminated: exit 143),
+    through the code's own clean-up. Only on the main thread; the previous handler comes back."""
+    import signal
+    import threading
+
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt_code(exc: BaseException) -> int:
+    return 143 if isinstance(exc, Terminated) else 130
+
+
+def warm_torch():
+    """Start importing torch on a thread; returns the thread (done when the import is)."""
+    import importlib
+    import threading
+
+    thread = threading.Thread(target=importlib.import_module, args=("torch",), daemon=True)
+    thread.start()
+    return thread
+
+
+def share_threads(workers: int) -> None:
+    """Split the cores between files in flight and torch's own threads."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def check_device(device) -> None:
+    """An unavailable device is a usage error (exit 2), found before any output is written."""
+    from .convolve import resolve_device
+
+    resolve_device(device)
+
+
+# --------------------------------------------------------------------------- checks before any work
+
+
+def format_named(fmt):
+    """The format of a --format word (None stays None)."""
+    from .images import FORMATS
+
+    return FORMATS[fmt.lower()] if fmt else None
+
+
+def check_format(out_fmt, fmt, output):
+    if fmt and format_named(fmt) != out_fmt:
+        raise UsageError(f"--format {fmt} does not match the output name {output}")
+    return out_fmt
+
+
+def check_stdin(what: str) -> None:
+    """stdin closed at start (``<&-``) is a usage error for anything that reads it."""
+    from .console import closed
+
+    if closed("stdin"):
+        raise UsageError(f"{what}: stdin is closed; pipe data in or name a file")
+
+
+def check_input(path: str) -> None:
+    """One input file, or - for stdin (refused when it is a terminal)."""
+    if path == "-":
+        check_stdin("no input")
+        if sys.stdin.isatty():
+            raise UsageError("no input: stdin is a terminal; pipe an image in or name a file")
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:  # too long, a NUL byte, no permission
+        raise UsageError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{path}: is a directory")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{path}: not a regular file (a FIFO, device or socket)")
+
+
+def _stdout_format_of(inputs) -> str | None:
+    """The format stdout gets without --format from a single file input: an array stays an
+    array (a .csv prints as CSV), an image stays binary. None when it is not known yet (stdin)."""
+    from .images import FORMATS
+
+    if len(inputs) != 1 or inputs[0] == "-":
+        return None
+    return FORMATS.get(Path(inputs[0]).suffix.lower()[1:], "image")
+
+
+def check_terminal(output: str, out_fmt: str | None) -> None:
+    """Text (CSV) may print at a terminal; binary data is refused there (usage error)."""
+    from .images import TEXT_FORMATS
+
+    if output == "-" and out_fmt is not None and out_fmt not in TEXT_FORMATS and sys.stdout.isatty():
+        raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
+
+
+def check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
+    """Refuse, before any work, a terminal as stdout, an output that is one of ``inputs``,
+    and an existing file without ``overwrite``. Returns the output's format (None for
+    stdout without a format: the caller picks)."""
+    from .images import format_for_path
+
+    if output == "-":
+        from .console import closed
+
+        if closed("stdout"):
+            raise UsageError("-o -: stdout is closed; redirect it to a file or use -o FILE")
+        check_terminal(output, format_named(fmt) or _stdout_format_of(inputs))
+        return format_named(fmt)
+    from .batch import check_writable
+
+    out_fmt = check_format(format_for_path(output), fmt, output)
+    if os.path.exists(output):
+        if any(p != "-" and os.path.exists(p) and os.path.samefile(p, output) for p in inputs):
+            raise UsageError(f"{output}: is an input; refusing to overwrite it")
+        if os.path.isdir(output):
+            raise UsageError(f"{output}: is a directory")
+        if not overwrite:
+            raise UsageError(f"{output}: already exists", setting="overwrite")
+    check_writable(Path(output))
+    remove_stale_temps([Path(output).parent])
+    return out_fmt
+
+
+def remove_stale_temps(folders) -> None:
+    """Temporary files of kernelcli's naming left in output folders by a killed run go."""
+    from .images import remove_stale_temps as remove
+
+    for folder in dict.fromkeys(folders):
+        for path in remove(folder):
+            warn(f"{path}: removed a temporary file left by an interrupted kernelcli run")
+
+
+def check_save(library, name, overwrite, path: Path) -> None:
+    """A learned kernel may be saved as ``name`` into the library file ``path``."""
+    from .batch import check_writable
+    from .kernel import NAME_RE
+
+    if str(path) == "-":
+        raise UsageError("--to -: a kernel library is a file; name one (stdout carries the learned kernel)")
+    if path.is_dir():
+        raise UsageError(f"--to {path}: is a directory")
+    check_writable(Path(os.path.realpath(path)))
+    remove_stale_temps([Path(os.path.realpath(path)).parent])
+    if not NAME_RE.match(name):
+        raise UsageError(f"--save {name!r}: use lowercase words joined by hyphens, e.g. my-edge")
+    if name in library and not overwrite:
+        raise UsageError(f"a kernel named {name!r} exists already ({library.get(name).source})", setting="overwrite")
+
+
+# --------------------------------------------------------------------------- one file or a stream
+
+
+def read_stdin(limit: int = 1 << 30) -> bytes:
+    """All of stdin, up to ``limit`` bytes (one more is read to tell "too much")."""
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        from .images import ImageError
+
+        raise ImageError(f"stdin: more than {limit} bytes; refused")
+    return data
+
+
+def read_input(path: str, limits=None):
+    """One raster from a file or - (stdin), its reader's notes said as warnings."""
+    from .images import read, route_warnings
+
+    limits = limits or _limits()
+    route_warnings()
+    raster = read(path, read_stdin(limits.max_bytes) if path == "-" else None, limits)
+    for note in raster.notes:
+        warn(note)
+    return raster
+
+
+def emit(output: str, data: bytes, overwrite: bool, detail: str = "", verbosity: int = NORMAL) -> None:
+    """Bytes to stdout (``-``) or atomically to a file, reported on stderr."""
+    from .images import write_atomic
+
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomic(output, data, overwrite=overwrite)
+        if verbosity >= NORMAL:
+            say(f"wrote {output}{detail}")
+
+
+def run_single(source, output, render, *, fmt=None, overwrite=False, suffix=None, limits=None,
+               verbosity: int = NORMAL) -> str:
+    """Read one input (a file or - for stdin), ``render(raster, fmt, name) -> bytes``, write one
+    output (a file, or - for stdout). Without ``output``, the result goes beside the input as
+    ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work. Returns the output."""
+    from .images import FORMATS, extension_for
+
+    check_input(source)
+    if output is None:
+        if source == "-":
+            output = "-"
+        else:
+            stem, ext = os.path.splitext(source)
+            output = f"{stem}-{suffix}{extension_for(format_named(fmt)) if fmt else ext}"
+    out_fmt = check_output(output, fmt, overwrite, [source])
+    raster = read_input(source, limits or _limits())
+    out_fmt = out_fmt or (raster.format if raster.format in FORMATS.values() else "PNG")
+    check_terminal(output, out_fmt)
+    emit(output, render(raster, out_fmt, output), overwrite, verbosity=verbosity)
+    return output
+
+
+def transform_file(source, output, fn, *, suffix, fmt=None, overwrite=False, device=None, limits=None) -> str:
+    """A Raster → Raster function (a toolkit operation) on one file or stream: arrays out stay
+    raw floats, arrays written as images are clipped to 0–255. Returns the output."""
+    from .images import ARRAY_FORMATS, encode
+
+    check_device(device)
+
+    def render(raster, out_fmt, name):
+        if out_fmt in ARRAY_FORMATS:
+            raster = replace(raster, maxval=None)
+        elif raster.maxval is None:
+            raster = replace(raster, maxval=255.0)
+        return encode(fn(raster), out_fmt, name=str(name))
+
+    return run_single(source, output, render, fmt=fmt, overwrite=overwrite, suffix=suffix, limits=limits)
+
+
+def picture_output(output, fmt, overwrite, inputs=()) -> str:
+    """Check where a picture goes before any work; return its Pillow format name."""
+    from .images import IMAGE_FORMATS
+
+    out_fmt = check_output(output, fmt, overwrite, inputs) or "PNG"
+    check_terminal(output, out_fmt)
+    if out_fmt not in IMAGE_FORMATS:
+        raise UsageError(f"{output}: a picture needs an image format such as .png")
+    return out_fmt
+
+
+def encode_pil(img, fmt) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    return buf.getvalue()
+
+
+def write_picture(img, output, out_fmt, overwrite, detail: str = "") -> None:
+    """A PIL picture (a sheet, a kernel heatmap) to a checked output."""
+    emit(output, encode_pil(img, out_fmt), overwrite, detail)
+
+
+# --------------------------------------------------------------------------- a batch: files and folders
+
+
+def _check_folder_output(output, dir_mode, inputs, listed, each) -> None:
+    """-o names a folder when there are several outputs; a name with a file format's extension
+    (out.png) is then a mistake, never a folder to create."""
+    from . import storage
+    from .images import FORMATS
+
+    suffix = Path(str(output)).suffix.lower()[1:] if output else ""
+    if not dir_mode or suffix not in FORMATS or str(output).endswith(("/", os.sep)) or storage.is_dir(output):
+        return
+    why = ("--each writes one output per kernel" if each
+           else "a folder input gives several outputs" if any(storage.is_dir(p) for p in inputs)
+           else f"{len(inputs) + len(listed)} inputs give several outputs")
+    raise UsageError(f"{output}: -o names one .{suffix} file but {why}; give -o a folder (e.g. out/) "
+                     "or a single input")
+
+
+def _check_request(inputs, b: Batch) -> None:
+    from .batch import check_template
+
+    if b.overwrite and b.skip_existing:
+        raise UsageError("--overwrite and --skip-existing contradict each other; choose one")
+    if b.template is not None:
+        check_template(b.template)
+    if b.files_from == "-" and "-" in inputs:
+        raise UsageError("stdin cannot hold both the image and the --files-from list")
+    if b.files_from == "-":
+        check_stdin("--files-from -")
+        if sys.stdin.isatty():
+            raise UsageError("--files-from -: stdin is a terminal; pipe a list of paths in")
+    if not inputs and b.files_from is None:
+        raise UsageError("no input given; name files or folders, - for stdin, or --files-from")
+
+
+def _locate(inputs, b: Batch):
+    """[storage] URLs and --storage-option: paths become store locations."""
+    if not (b.storage_options or any("://" in str(p) for p in (*inputs, b.output, b.files_from, b.report_path) if p)):
+        return inputs, b
+    from .storage import StorageOptions, locate
+
+    where = StorageOptions.parse(b.storage_options)
+    inputs, output = tuple(locate(p, where) for p in inputs), b.output and locate(b.output, where)
+    report_path = locate(b.report_path, where) if b.report_path and b.report_path != "-" else b.report_path
+    if ("-" in inputs or output == "-") and any("://" in str(p) for p in (*inputs, output)):
+        raise UsageError("- (stdin/stdout) works with local files only; write to a file or s3:// instead")
+    return inputs, replace(b, output=output, report_path=report_path)
+
+
+def apply_paths(inputs, kernels, *, batch: Batch = Batch(), options=None, quality: int = 95, stats: bool = False,
+                limits=None, background=None, library=None):
+    """Filter files and folders (or - for stdin/stdout) with ``kernels`` (names, inline specs or
+    Kernel values) in sequence, or each alone with ``batch.each``; returns the batch.Report, whose
+    ``exit_code`` is the command's (0 ok, 1 a single input or the destination failed, 3 some inputs
+    failed, 130/143 interrupted). Problems found before any work raise UsageError."""
+    torch_loading = warm_torch()  # ~1 s, overlapped with planning and the first decodes
+    _check_request(inputs, batch)
+    from .images import route_warnings
+
+    route_warnings()
+    library = library or load_library()  # also tells planning which names are kernelcli's own outputs
+    renderer = Renderer(tuple(resolve(kernels, library)), options, quality, stats, limits or _limits(), background)
+    inputs, batch = _locate(tuple(os.fspath(p) for p in inputs), batch)
+    if "-" in inputs or batch.output == "-":
+        return _stream(inputs, renderer, batch)
+    with signals():
+        return _run_batch(torch_loading, renderer, inputs, batch, library)
+
+
+def _stream(inputs, renderer: Renderer, b: Batch):
+    from .batch import Report
+
+    if b.report_path:
+        raise UsageError("--report is for files and folders; with - (stdin/stdout) there is one image and its "
+                         "exit code")
+    check_device(renderer.options.device if renderer.options is not None else None)
+    if len(inputs) != 1 or b.files_from is not None or b.each and len(renderer.kernels) > 1:
+        raise UsageError("- (stdin/stdout) takes exactly one input and one output")
+    run_single(inputs[0], b.output or "-", lambda raster, fmt, name: renderer(raster, renderer.kernels, fmt, name),
+               fmt=b.fmt, overwrite=b.overwrite, limits=renderer.limits, verbosity=b.verbosity)
+    return Report(total=1, processed=1)
+
+
+def apply_file(source, kernels, output=None, *, fmt=None, overwrite: bool = False, options=None, quality: int = 95,
+               limits=None, library=None, verbosity: int = QUIET):
+    """One file (or - for stdin) through ``kernels`` to ``output`` (a file, or - for stdout;
+    default: ``{stem}-{kernel}{ext}`` beside the input), as ``kernelcli apply``. Returns the Report."""
+    return apply_paths([str(source)], kernels, options=options, quality=quality, limits=limits, library=library,
+                       batch=Batch(output=None if output is None else str(output), fmt=fmt, overwrite=overwrite,
+                                   verbosity=verbosity))
+
+
+@dataclass
+class _Plan:
+    jobs: list
+    groups: list
+    single: bool
+    output: str | None
+
+
+def _plan(inputs, renderer: Renderer, b: Batch, library=None) -> _Plan:
+    """Inputs → jobs with their outputs; every refusal comes here, before any work."""
+    from . import batch, storage
+    from .images import extension_for, format_for_path
+
+    listed = []
+    if b.files_from is not None:
+        data = sys.stdin.buffer.read() if b.files_from == "-" else storage.read_list_bytes(b.files_from)
+        listed = batch.read_list(data, b.null)
+    many = b.each and len(renderer.kernels) > 1
+    output = b.output
+    dir_mode = bool(output) and (
+        str(output).endswith(("/", os.sep)) or storage.is_dir(output) or len(inputs) + len(listed) > 1
+        or any(storage.is_dir(p) for p in inputs) or many)
+    _check_folder_output(output, dir_mode, inputs, listed, many)
+    if output:  # [storage] a store's endpoint, credentials and bucket answer before any work
+        output = storage.check_output(output, listing=dir_mode)
+    sources, bad = batch.find_inputs(inputs, recursive=b.recursive, include=b.include, exclude=b.exclude,
+                                     listed=listed, avoid=output if dir_mode else None, kernels=library,
+                                     on_skip=lambda p: warn(f"{p}: not a regular file (a FIFO, device or socket); skipped"))
+    if not sources and not bad:
+        where = ", ".join(map(str, inputs)) or b.files_from
+        raise UsageError(f"no input images found in {where}" + ("" if b.recursive else " (use --recursive for sub-folders)"))
+    single = len(sources) + len(bad) == 1 and not any(storage.is_dir(p) for p in inputs)
+    if single and bad:
+        raise UsageError(bad[0].error)
+    groups = [(k,) for k in renderer.kernels] if b.each else [tuple(renderer.kernels)]
+    out_file = output if output and not dir_mode else None
+    if out_file:
+        if len(groups) > 1:
+            raise UsageError("--each writes several outputs; give -o a folder (ending in /)")
+        check_format(format_for_path(out_file), b.fmt, out_file)
+    template = b.template or ("{stem}{ext}" if dir_mode and not b.each else "{stem}-{kernel}{ext}")
+    jobs = batch.plan(sources, groups, out_dir=output if dir_mode else None, out_file=out_file, template=template,
+                      ext_for=lambda s: extension_for(format_named(b.fmt)) if b.fmt else s.path.suffix,
+                      overwrite=b.overwrite, skip_existing=b.skip_existing) + bad
+    return _Plan(jobs, groups, single, output)
+
+
+def _check_plan(p: _Plan, b: Batch) -> None:
+    from . import batch
+    from .images import format_for_path
+
+    for j in p.jobs:  # output formats are known from the names: check them before any work
+        for o in j.outputs:
+            format_for_path(o.path)
+    if b.report_path and b.report_path != "-":
+        batch.check_report(batch._path(b.report_path), p.jobs, overwrite=b.overwrite)
+    remove_stale_temps(o.path.parent for j in p.jobs for o in j.outputs  # stores have none: one PUT each
+                       if not batch._is_url(o.path) and o.path.parent.is_dir())
+
+
+def _run_batch(torch_loading, renderer: Renderer, inputs, b: Batch, library=None):
+    import threading
+
+    from . import batch
+
+    p = _plan(inputs, renderer, b, library)
+    _check_plan(p, b)
+    process = None
+    if not b.scheduler:  # [cluster] workers read and check the device and the memory budget themselves
+        process = _local_process(p, renderer, b, torch_loading)
+    report = batch.Report(total=len(p.jobs), on_fail=lambda j, message: error(message))
+    if b.report_path == "-":
+        report.stream = sys.stdout
+    progress = make_progress(len(p.jobs), b.verbosity == QUIET)
+
+    def on_done(j):
+        if progress is not None:
+            progress.advance(1)
+        if b.verbosity >= VERBOSE:
+            say(f"{j.source.path} -> {', '.join(str(o.path) for o in j.outputs) or '-'}")
+
+    try:
+        _execute(p, renderer, b, process, report, threading.Event(), on_done)
+    finally:
+        if progress is not None:
+            progress.close()
+    _write_report(report, b)
+    _summarise(report, p, b)
+    return report
+
+
+def _local_process(p: _Plan, renderer: Renderer, b: Batch, torch_loading):
+    """The per-job function of a local run: prefetched reads, the renderer, atomic writes."""
+    from . import batch, storage
+    from .images import format_for_path
+
+    if p.single and p.jobs[0].outputs and not batch._is_url(p.jobs[0].source.path):  # from the header
+        renderer.check_memory(p.jobs[0].source.path, p.groups, format_for_path(p.jobs[0].outputs[0].path))
+
+    def read_warned(path):
+        raster = storage.read(path, renderer.limits)
+        for note in raster.notes:
+            warn(note)
+        return raster
+
+    prefetch = batch.Prefetch(p.jobs, read_warned, torch_loading)
+    check_device(renderer.options.device if renderer.options is not None else None)
+
+    def process(j, stop):
+        return batch.process_job(
+            j, read=prefetch.take, stop=stop,
+            render=lambda raster, group, path: renderer(raster, group, format_for_path(path), path),
+            write=lambda path, data: storage.write(path, data, overwrite=b.overwrite))
+
+    return process
+
+
+def _execute(p: _Plan, renderer: Renderer, b: Batch, process, report, stop, on_done) -> None:
+    """Run the jobs locally on threads or on Dask; interruption and a failed destination are
+    recorded in ``report`` (its ``interrupted`` and ``fatal``)."""
+    from . import batch
+
+    try:
+        if b.scheduler:  # [cluster]
+            from . import cluster
+
+            cluster.run(p.jobs, renderer, scheduler=b.scheduler, report=report, stop=stop, limits=renderer.limits,
+                        overwrite=b.overwrite, device=renderer.options.device if renderer.options else None,
+                        on_done=on_done, on_note=warn)
+        else:
+            workers = b.jobs or os.cpu_count() or 1
+            share_threads(workers)
+            batch.run(p.jobs, lambda j: process(j, stop), workers=workers, report=report, stop=stop, on_done=on_done)
+    except batch.Interrupted as exc:
+        report.interrupted = exc.exit_code
+    except WriteError as exc:
+        report.fatal = str(exc)
+
+
+def _write_report(report, b: Batch) -> None:
+    """The --report file, written whole, also after an interrupt or a failure."""
+    from . import batch, storage
+
+    if not b.report_path or b.report_path == "-":
+        return
+    try:
+        storage.write(batch._path(b.report_path), report.jsonl(), overwrite=b.overwrite)
+    except KernelcliError as exc:
+        error(f"--report {exc}")
+        if report.fatal is None and report.interrupted is None:
+            report.fatal = str(exc)
+
+
+def _summarise(report, p: _Plan, b: Batch) -> None:
+    """The lines a run ends with on stderr."""
+    loud = b.verbosity >= NORMAL
+    if report.fatal is not None:
+        say(f"stopped: {report.summary()}")
+    elif p.single and report.interrupted is None:
+        if loud and report.processed:
+            say(f"wrote {', '.join(str(o.path) for o in p.jobs[0].outputs)}")
+        elif loud and report.skipped:
+            say(f"skipped {p.jobs[0].source.path}: output exists")
+    elif loud or report.failed or report.interrupted:
+        say(report.summary() + (" (interrupted)" if report.interrupted else ""))
+        for path, _ in report.failed:
+            say(f"  failed: {path}")
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """How a contact sheet is laid out (kernelcli.grid)."""
+
+    transpose: bool = False
+    cols: int | None = None
+    labels: bool = True
+    show_kernels: bool = False
+    long_side: int | None = 256  # None: full size
+    gap: int = 8
+    background: str = "white"
+
+
+def make_grid(inputs, kernels, output, *, sheet: Sheet = Sheet(), fmt=None, overwrite=False, options=None,
+              limits=None):
+    """A labelled contact sheet: each input, then the same image through each kernel; written to
+    ``output`` (a file or -). Returns the PIL image."""
+    from .filters import apply_each
+    from .grid import Cell, arrange, compose, fit, parse_color
+    from .images import read, route_warnings
+    from .options import Options
+
+    options, limits = options or Options(), limits or _limits()
+    if list(inputs).count("-") > 1:
+        raise UsageError("stdin (-) can be read once")
+    colour = parse_color(sheet.background)
+    route_warnings()
+    out_fmt = picture_output(output, fmt, overwrite, inputs)
+    check_device(options.device)
+    for path in inputs:
+        check_input(path)
+    rows = []
+    for path in inputs:
+        raster = fit(read(path, read_stdin(limits.max_bytes) if path == "-" else None, limits), sheet.long_side)
+        row = [Cell(Path(path).name if path != "-" else "stdin", raster)]
+        row += [Cell(k.name, result, k) for k, (result, _) in zip(kernels, apply_each(raster, kernels, options))]
+        rows.append(row)
+    img = compose(arrange(rows, transpose=sheet.transpose, cols=sheet.cols), labels=sheet.labels,
+                  show_kernels=sheet.show_kernels, gap=sheet.gap, background=colour, fmt=out_fmt,
+                  max_memory=options.max_memory)
+    write_picture(img, output, out_fmt, overwrite, f" ({img.width}x{img.height})")
+    return img
+
+
+def kernel_picture(kernel, output, *, fmt=None, overwrite=False) -> None:
+    """Draw ``kernel`` as a heatmap picture into ``output`` (a file or -)."""
+    from .grid import kernel_picture as draw
+
+    out_fmt = picture_output(output, fmt, overwrite)
+    write_picture(draw(kernel, cell_px=64), output, out_fmt, overwrite)
