@@ -92,9 +92,9 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
     else:
         tap_list = _tap_list(kernel.weights * scale)
         acc_type = float_type
-    # Integer sums need no rounding: they stay exact (and fast) through the mapping.
-    whole = (divisor == 1 and not acc_type.is_floating_point
-             and float(engine.offset_term(mode, maxval, bias)).is_integer())
+    # Integer sums need no rounding: they stay exact (and fast) through the mapping, when
+    # each term it adds is whole (the bias in pixel units; mid-gray is: 128, 32768).
+    whole = divisor == 1 and not acc_type.is_floating_point and float(bias * maxval).is_integer()
     map_scale = scale if kernel.combine else 1.0  # other kernels carry the scale in their taps
     strip = engine.strip_rows(w, c, hwc.itemsize)
     if factors:
@@ -116,7 +116,7 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
         y = acc if whole else acc.to(float_type)
         if divisor != 1:
             y.div_(divisor)
-        y, st = map_values(y, mode, maxval, scale=map_scale, bias=bias, inplace=True, stats=stats)
+        y, st = map_values(y, mode, maxval, scale=map_scale, bias=bias, inplace=True, stats=stats, proven=True)
         dst[r0:r1] = y.to(dst.dtype)
         return st
 

@@ -36,7 +36,7 @@ def check_finite(y: torch.Tensor, what: str = "the filter") -> torch.Tensor:
 
 def map_values(
     x: torch.Tensor, mode: str, maxval: float, *, scale: float = 1.0, bias: float = 0.0, what: str = "the filter",
-    inplace: bool = False, stats: bool = True,
+    inplace: bool = False, stats: bool = True, proven: bool = False,
 ) -> tuple[torch.Tensor, Stats | None]:
     """Map ``x`` into 0..maxval, rounded half-to-even: ``mode(x * scale + bias * maxval)``.
 
@@ -45,7 +45,8 @@ def map_values(
     ``inplace`` maps ``x`` itself (the engine's own result: no second copy of the image).
     Both engines map here: the reference engine a whole step, the fast engine each strip,
     whose sums may stay integers (exact: no rounding; the bias and offset are then whole).
-    ``stats=False`` skips the Stats (None) and the passes that only they need.
+    ``stats=False`` skips the Stats (None) and the passes that only they need; ``proven``:
+    the caller proved the result finite (the fast engine's bounds), so no check for NaN/inf.
     """
     check_mode(mode)
     y = x if inplace else x.clone()
@@ -54,7 +55,7 @@ def map_values(
         y.mul_(scale)
     if bias:
         y.add_(_term(bias * maxval, whole))
-    if not whole:
+    if not (whole or proven):
         check_finite(y, what)
     lo = hi = 0.0
     if stats or mode == "normalize":

@@ -91,6 +91,19 @@ def test_fast_engine_equals_reference_up_to_the_bounds(step, seed, sixteen, chan
     np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(quick.pixels.dtype))
 
 
+def test_a_bias_below_one_level_with_offset_maps_like_the_reference(rng):
+    """offset + a bias too small to change mid-gray: the strips' integer sums must not
+    take the bias as whole (hypothesis found 7.5e-281); both engines map alike."""
+    pixels = rng.integers(0, 256, (1, 6, 7)).astype(np.uint8)
+    for bias in (7.5e-281, 0.1, 1 / 255):
+        options = Options(map="offset", bias=bias, device="cpu")
+        kernel = Kernel("k", ((0.0, 1.0, -1.0),))
+        quick, quick_stats = apply_kernels(Raster(pixels, maxval=255.0), [kernel], options)
+        slow, _ = apply_kernels(Raster(pixels.astype(np.float32), maxval=255.0), [kernel], options)
+        assert quick_stats[0].engine == "fast"
+        np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(np.uint8))
+
+
 def test_the_bound_includes_bias_and_offset():
     k = Kernel("k", ((128.0,),))
     geo = Geometry()
