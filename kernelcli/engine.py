@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from .kernel import Kernel
-from .options import CONSTANT_BORDERS, Geometry
+from .options import CONSTANT_BORDERS, Geometry, pad_amounts
 
 STRIP_BYTES = 1 << 20  # the fast engine's strip of input pixels: about 1 MiB stays in L2 cache
 TILE_BYTES = 64 << 20  # the reference engine's CPU working set per tile: conv2d's unfolded copy, FFT spectra
@@ -99,7 +99,7 @@ def plan(kernels: list[Kernel], options, src: Source) -> tuple[Step, ...]:
                           options.bias_for(kernel)) for k, kernel in steps]
         if all(fast):
             return tuple(Step("fast", m) for m in fast)
-    float_size = 8 if src.itemsize > 1 or (src.maxval or 0) > 255 else 4
+    float_size = 8 if src.itemsize == 8 or (src.maxval or 0) > 255 else 4  # the reference engine's float type
     out, h, w = [], src.height, src.width
     for k, _ in steps:
         top, bottom, left, right = _pad(k, geo)
@@ -115,8 +115,6 @@ def plan(kernels: list[Kernel], options, src: Source) -> tuple[Step, ...]:
 
 
 def _pad(k: Kernel, geo: Geometry):
-    from .options import pad_amounts
-
     return pad_amounts(k.shape, k.anchor, geo)
 
 

@@ -274,6 +274,7 @@ def test_memory_estimate_prices_the_engine_that_runs(library, rng, monkeypatch, 
     estimate priced are the engine and method every step's Stats report, small tiles
     included (TILE_BYTES shrunk so the reference engine tiles)."""
     import kernelcli.budget as budget
+    import kernelcli.convolve as convolve
     import kernelcli.engine as engine
 
     dtype, maxval = kinds
@@ -288,10 +289,21 @@ def test_memory_estimate_prices_the_engine_that_runs(library, rng, monkeypatch, 
         return real(*args, steps=steps, **kwargs)
 
     monkeypatch.setattr(budget, "apply_estimate", spy)
+    tiles = []
+    real_tiled = convolve._tiled
+
+    def tiled(x, weights, amounts, geo, method, out_h, tile_rows):
+        tiles.append(tile_rows)
+        return real_tiled(x, weights, amounts, geo, method, out_h, tile_rows)
+
+    monkeypatch.setattr(convolve, "_tiled", tiled)
     pixels = rng.integers(0, int(maxval) + 1, size).astype(dtype)
     kernels = [library.resolve(n) for n in names]
     _, stats = apply_kernels(Raster(pixels, maxval=maxval), kernels, Options(device="cpu", **kw))
     assert len(priced) == 1
     assert [(s.engine, s.method) for s in priced[0]] == [(st.engine, st.method) for st in stats]
+    single = [s.tile_rows for s in priced[0] if s.method in ("direct", "separable", "fft")]
+    if len(single) == len(priced[0]):  # one correlation a step: the tiles it ran are the ones priced
+        assert tiles == [t for t in single if t is not None]
     engine_ran = "reference" if dtype == np.float32 else expected.split()[size[0] == 3]
     assert {st.engine for st in stats} == {engine_ran}
