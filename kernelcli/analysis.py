@@ -4,7 +4,7 @@ description. numpy only (imported when asked): no torch here.
 
 from __future__ import annotations
 
-from .kernel import Kernel
+from .kernel import DEFAULT_MAP, Kernel
 
 
 def separable_factors(weights):
@@ -91,7 +91,7 @@ def describe(kernel: Kernel) -> dict:
         "description": kernel.description,
         "kind": kernel.kind,
         "size": list(kernel.shape),
-        "map": kernel.map or "clip",
+        "map": kernel.map or DEFAULT_MAP,
         "anchor": list(kernel.anchor),
         "divisor": kernel.divisor,
         "scale": kernel.scale,

@@ -19,8 +19,7 @@ from .errors import UsageError
 
 DEFAULT_SHARE = 0.5  # of the available memory
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-STRIP_BYTES = 1 << 20  # the fast engine's strip of input pixels (kernelcli.fast.STRIP_BYTES)
-TILE_BYTES = 64 << 20  # the reference engine's working set per tile on the CPU (convolve.TILE_BYTES)
+from .engine import STRIP_BYTES, TILE_BYTES  # noqa: F401 (the engine's sizes, importable here as before)
 
 
 class MemoryBudgetError(UsageError):
@@ -92,15 +91,17 @@ def check(need: float, budget: int | None, what: str) -> None:
 
 
 def apply_estimate(channels: int, height: int, width: int, itemsize: int, kernels, options, *,
-                   alpha: bool = False, fast: bool = False, out_bytes_per_value: int | None = None) -> int:
+                   alpha: bool = False, steps=None, out_bytes_per_value: int | None = None) -> int:
     """Peak bytes of ``apply_kernels`` on a (channels, height, width) raster of ``itemsize``
-    bytes a value, with the encoded output. ``fast``: every step runs on the strip engine.
+    bytes a value, with the encoded output, for the ``steps`` of :func:`kernelcli.engine.plan`
+    (one per kernel; the engine runs the same plan, so the two cannot disagree).
 
     Fast engine: the input and the output of one step (two in a chain), plus one strip
     (and its halo of the kernel's reach) per worker. Reference engine: the float input,
     each step's float result and the temporaries of mapping it (3 more), the padded frame
-    of one tile, and for combined kernels two more responses.
+    of one tile (the plan's tile rows), and for combined kernels two more responses.
     """
+    from .engine import BAND_ROWS, strip_rows
     from .shapes import output_size
 
     geo = options.geometry
@@ -108,8 +109,8 @@ def apply_estimate(channels: int, height: int, width: int, itemsize: int, kernel
     pixels = channels * height * width
     need = pixels * itemsize + (height * width * itemsize if alpha else 0)
     h, w, peak = height, width, 0
-    float_size = 8 if itemsize > 1 or itemsize == 8 else 4
-    for kernel in kernels:
+    float_size = 8 if itemsize > 1 else 4
+    for kernel, step in zip(kernels, steps):
         kh, kw = kernel.shape
         d = geo.dilation
         if geo.padding == "same":
@@ -120,19 +121,18 @@ def apply_estimate(channels: int, height: int, width: int, itemsize: int, kernel
         oh = max(1, output_size(h, kh, ph, geo.stride, d))
         ow = max(1, output_size(w, kw, pw, geo.stride, d))
         parts = len(kernel.parts) if kernel.combine else 1
-        if fast:
-            strip = min(h, max(1, STRIP_BYTES // max(1, w * channels * itemsize)))
+        if step.engine == "fast":
+            strip = min(h, BAND_ROWS if step.method == "banded" else strip_rows(w, channels, itemsize))
             block = (strip + ph) * (w + pw) * channels * float_size * (3 + parts)
             workers = min(workers, -(-h // strip))
             # the step's output, and the previous step's when chained (a decoded image is
             # already (H, W, C): the first step reads it without a copy)
-            step = (1 if kernel is kernels[0] else 2) * channels * h * w * itemsize + workers * block
+            step_bytes = (1 if kernel is kernels[0] else 2) * channels * h * w * itemsize + workers * block
         else:
             result = channels * oh * ow * float_size
-            tile_rows = max(1, TILE_BYTES // max(1, channels * (w + pw) * float_size * min(kh * kw, 16)))
-            tile = channels * (min(tile_rows, oh) + ph) * (w + pw) * float_size * min(kh * kw + 2, 18)
-            step = channels * h * w * float_size + result * (4 + (2 if parts > 1 else 0)) + tile
-        peak = max(peak, step)
+            tile = channels * ((step.tile_rows or oh) + ph) * (w + pw) * float_size * min(kh * kw + 2, 18)
+            step_bytes = channels * h * w * float_size + result * (4 + (2 if parts > 1 else 0)) + tile
+        peak = max(peak, step_bytes)
         h, w = oh, ow
     out_values = channels * h * w
     encoded = 2 * out_values * (out_bytes_per_value or itemsize)  # the encoder's copy and the bytes

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DeviceError, ImageError, UsageError
-from .options import Geometry, pad_amounts
+from . import engine
+from .engine import DIRECT_MAX_TAPS, METHODS, TILE_BYTES, choose_method  # noqa: F401 (their old home)
+from .options import CONSTANT_BORDERS, Geometry, pad_amounts
 from .shapes import output_size
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
@@ -51,49 +53,50 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+def padded_axis(n: int, before: int, after: int, geo: Geometry) -> tuple[np.ndarray, np.ndarray | None]:
+    """(source index, outside) for each position of an axis of length n padded by ``before``
+    and ``after``: the border mode's index (:func:`border_index`), and for the constant
+    borders the positions outside the image, which take ``geo.border_value`` (None for others)."""
+    if geo.border not in CONSTANT_BORDERS:
+        return border_index(n, before, after, geo.border), None
+    i = np.arange(-before, n + after)
+    return np.clip(i, 0, n - 1), (i < 0) | (i >= n)
+
+
+def gather(x: torch.Tensor, rows, cols, value: float, *, axes: tuple[int, int] = (-2, -1),
+           dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The padded block of ``x``: its ``rows`` and ``cols`` (each an (index, outside) pair of
+    :func:`padded_axis`, or a slice of one) along ``axes``, converted to ``dtype``, with the
+    positions outside the image set to the constant border's ``value``. The one place
+    borders are applied: the reference engine (:func:`pad`, tiles) and the fast strips."""
+    block = x
+    for axis, (index, _) in zip(axes, (rows, cols)):
+        block = block.index_select(axis, torch.from_numpy(np.ascontiguousarray(index)).to(x.device))
+    if dtype is not None:
+        block = block.to(dtype)
+    for axis, (_, outside) in zip(axes, (rows, cols)):
+        if outside is not None and outside.any():
+            where = [slice(None)] * block.dim()
+            where[axis] = torch.from_numpy(np.ascontiguousarray(outside)).to(x.device)
+            block[tuple(where)] = value
+    return block
+
+
 def pad(x: torch.Tensor, amounts: tuple[int, int, int, int], border: str, value: float = 0.0) -> torch.Tensor:
     """Pad the last two axes of ``x`` by (top, bottom, left, right) with a border mode."""
     top, bottom, left, right = amounts
     if not any(amounts):
         return x
-    if border in ("zeros", "constant"):
-        return F.pad(x, (left, right, top, bottom), mode="constant", value=value)
     h, w = x.shape[-2:]
-    rows = torch.from_numpy(border_index(h, top, bottom, border)).to(x.device)
-    cols = torch.from_numpy(border_index(w, left, right, border)).to(x.device)
-    return x.index_select(-2, rows).index_select(-1, cols)
-
-
-TILE_BYTES = 64 << 20  # CPU working set per tile (budget.TILE_BYTES): conv2d's unfolded copy, FFT spectra
+    geo = Geometry(border, value)
+    return gather(x, padded_axis(h, top, bottom, geo), padded_axis(w, left, right, geo), value)
 
 
 def cpu_tile_rows(x: torch.Tensor, shape, pad_columns: int, out_h: int, method: str) -> int | None:
-    """Output rows per tile so one tile's working set stays near TILE_BYTES (conv2d unfolds
-    kh·kw copies of its input; an FFT holds a few complex spectra); None when the whole
-    image fits in one tile. Bounds the engine's memory on large images and padding."""
+    """Output rows per CPU tile of ``x`` (engine.tile_rows): bounds the engine's memory on
+    large images and padding."""
     n, c, _, w = x.shape
-    kh, kw = shape
-    per_row = n * c * (w + pad_columns) * x.element_size() * (8 if method == "fft" else min(kh * kw, 16))
-    rows = max(1, TILE_BYTES // max(1, per_row))
-    return rows if rows < out_h else None
-
-
-DIRECT_MAX_TAPS = 49  # up to 7x7: one conv2d; larger: two 1-D passes if separable, else FFT
-METHODS = ("auto", "direct", "separable", "fft")
-
-
-def choose_method(weights) -> str:
-    """Pick the algorithm by kernel size and rank (measured on a 2-core CPU: for 9x9 and up,
-    two 1-D passes beat conv2d; FFT beats both for large non-separable kernels). Small
-    kernels stay direct, which is exact for integer weights on 8-bit data."""
-    from .analysis import separable_factors
-
-    kh, kw = np.shape(weights)
-    if kh * kw <= DIRECT_MAX_TAPS:
-        return "direct"
-    if kh > 1 and kw > 1 and separable_factors(weights) is not None:
-        return "separable"
-    return "fft"
+    return engine.tile_rows(n * c, w + pad_columns, out_h, x.element_size(), shape, method)
 
 
 def correlate(
@@ -171,18 +174,13 @@ def _tiled(x, weights, amounts, geo: Geometry, method: str, out_h: int, tile_row
     kh = weights.shape[0]
     n, c, h, _ = x.shape
     s, d = geo.stride, geo.dilation
-    constant = geo.border in ("zeros", "constant")
-    rows = border_index(h, top, bottom, "replicate" if constant else geo.border)
-    outside = (np.arange(-top, h + bottom) < 0) | (np.arange(-top, h + bottom) >= h)
+    rows, outside = padded_axis(h, top, bottom, geo)
+    cols = padded_axis(x.shape[-1], left, right, geo)
     out = None
     for o0 in range(0, out_h, tile_rows):
         o1 = min(out_h, o0 + tile_rows)
         p0, p1 = o0 * s, (o1 - 1) * s + d * (kh - 1) + 1
-        block = x.index_select(2, torch.from_numpy(rows[p0:p1]).to(x.device))
-        if constant and outside[p0:p1].any():
-            block = block.clone()
-            block[:, :, torch.from_numpy(outside[p0:p1]).to(x.device)] = geo.border_value
-        block = pad(block, (0, 0, left, right), geo.border, geo.border_value)
+        block = gather(x, (rows[p0:p1], None if outside is None else outside[p0:p1]), cols, geo.border_value)
         piece = _valid(block, weights, geo, method).reshape(n, c, o1 - o0, -1)
         if out is None:  # filled tile by tile: no second copy of the result
             out = torch.empty((n, c, out_h, piece.shape[-1]), dtype=piece.dtype, device=piece.device)

@@ -9,7 +9,8 @@ the kernel has integer weights (exact, then divided by the divisor), in float32 
 mapping, rounding and the cast back to the pixel type are fused per strip. Strips run on
 a few threads (torch releases the GIL). Memory: the input, the output and a strip per
 thread. Results equal the reference engine bit for bit (tests/test_fast.py, and
-tests/test_bounds.py up to the bounds); ``Stats.engine`` says which engine ran.
+tests/test_bounds.py up to the bounds). Whether it runs is decided by
+:func:`kernelcli.engine.plan` alone; values are mapped by :func:`kernelcli.mapping.map_values`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .convolve import Geometry, as_tensor, border_index, pad_amounts
+from . import engine
+from .convolve import Geometry, as_tensor, gather, pad_amounts, padded_axis
+# The plan's rules, importable from their old home:
+from .engine import EXACT, combined_reach, integer_form, reach  # noqa: F401
 from .kernel import Kernel
-from .mapping import Stats
+from .mapping import Stats, map_values
 
-STRIP_BYTES = 1 << 20  # about 1 MiB of pixels per strip: stays in L2 cache
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -38,101 +41,28 @@ def _forget_pool():  # a pool's threads do not survive fork: a forked worker sta
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-BAND_ROWS = 48  # output rows (and columns) per banded matrix product
-
-
 def banded(kernel: Kernel) -> tuple[np.ndarray, np.ndarray] | None:
     """The 1-D factors of a large separable kernel, which runs as two banded matrix products
     (vertical, then horizontal) instead of kh·kw shifted adds; None for other kernels."""
-    from .convolve import choose_method
     from .analysis import separable_factors
 
-    if kernel.kind != "plain" or choose_method(kernel.weights) != "separable":
+    if kernel.kind != "plain" or engine.choose_method(kernel.weights) != "separable":
         return None
     return separable_factors(kernel.weights)
 
 
-# The integers the reference engine's float type holds exactly (float32 for 8-bit, float64
-# for 16-bit): the fast engine runs only where every sum stays inside, so both agree exactly.
-EXACT = {255.0: 2.0**24, 65535.0: 2.0**53}
-
-
 def eligible(kernel: Kernel, geo: Geometry, mode: str, maxval: float | None, channels: int,
              scale: float = 1.0, bias: float = 0.0) -> bool:
-    """Whether :func:`filter_strips` computes this step (else the reference engine does):
-    small kernels as shifted adds, large separable ones as banded products, combined kernels
-    (sobel, compass) part by part within each strip, when the whole computation (sums,
-    divisor, scale, bias, offset) is proven in range by :func:`reach`."""
-    from .convolve import choose_method
-
-    if not (maxval in EXACT and geo.padding == "same" and geo.stride == 1 and mode in ("clip", "abs", "offset")
-            and channels in (1, 3)):
-        return False
-    if kernel.kind == "combined":
-        return (
-            len({(p.shape, p.anchor) for p in kernel.parts}) == 1
-            and all(p.kind == "plain" and choose_method(p.weights) == "direct" and integer_form(p, 1.0) is not None
-                    and reach(p, geo, maxval) <= EXACT[maxval] for p in kernel.parts)
-            and float(geo.border_value).is_integer()
-            and combined_reach(kernel, geo, maxval, scale, bias, mode) <= EXACT[maxval]
-        )
-    return (
-        kernel.kind == "plain"
-        and choose_method(kernel.weights) in ("direct", "separable")
-        and reach(kernel, geo, maxval, scale, bias, mode) <= EXACT[maxval]
-    )
-
-
-def reach(kernel: Kernel, geo: Geometry, maxval: float, scale: float = 1.0, bias: float = 0.0,
-          mode: str = "clip") -> float:
-    """A bound on the magnitude of every value the step computes: each partial sum of the
-    taps over inputs in [lo, hi] (0..maxval, widened by a constant border's value) lies in
-    [pos·lo − neg·hi, pos·hi − neg·lo] for the positive and negative tap sums pos and neg;
-    the bias and the offset are added after."""
-    import math
-
-    ints = integer_form(kernel, scale)
-    taps = ints[0].astype(np.float64) if ints else kernel.weights * scale
-    constant = geo.border in ("zeros", "constant")
-    lo = min(0.0, geo.border_value) if constant else 0.0
-    hi = max(maxval, geo.border_value) if constant else maxval
-    pos, neg = float(taps[taps > 0].sum()), float(-taps[taps < 0].sum())
-    sums = max(pos * hi - neg * lo, neg * hi - pos * lo)
-    total = sums + abs(_offset(mode, maxval, bias))
-    return total if math.isfinite(total) else math.inf
-
-
-def combined_reach(kernel: Kernel, geo: Geometry, maxval: float, scale: float = 1.0, bias: float = 0.0,
-                   mode: str = "clip") -> float:
-    """A bound on a combined kernel's result: K parts of at most the largest part's reach
-    (√Σr² ≤ Σ|r|), times its scale/divisor and ``scale``, plus bias and offset."""
-    import math
-
-    parts = max(reach(p, geo, maxval) / abs(p.divisor) for p in kernel.parts) * len(kernel.parts)
-    total = parts * abs(kernel.scale / kernel.divisor * scale) + abs(_offset(mode, maxval, bias))
-    return total if math.isfinite(total) else math.inf
-
-
-def _offset(mode: str, maxval: float, bias: float) -> float:
-    """What is added after the sum: the bias, and mid-gray for ``offset``."""
-    return bias * maxval + ((maxval + 1) / 2 if mode == "offset" else 0.0)
-
-
-def integer_form(kernel: Kernel, scale: float) -> tuple[np.ndarray, int] | None:
-    """(integer taps, divisor) with weights == taps / divisor exactly, or None."""
-    if scale != 1.0 or not float(kernel.divisor).is_integer() or kernel.scale != 1.0:
-        return None
-    m = np.array(kernel.matrix, dtype=np.float64)
-    if not np.all(m == np.round(m)) or np.abs(m).max() > 2**15:
-        return None
-    return m.astype(np.int64), int(kernel.divisor)
+    """Whether this step alone could run here (:func:`kernelcli.engine.fast_step`)."""
+    return engine.fast_step(kernel, geo, mode, maxval, channels, scale, bias) is not None
 
 
 def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, maxval: float,
                   scale: float = 1.0, bias: float = 0.0, stats: bool = True,
                   workers: int | None = None) -> tuple[np.ndarray, Stats | None]:
     """Filter an (H, W, C) uint8/uint16 array; returns the mapped array of the same type and
-    (if ``stats``) the Stats of the unmapped result (range and share clipped)."""
+    (if ``stats``) the Stats of the unmapped result (range and share clipped). Only for a
+    step that :func:`kernelcli.engine.plan` gave to the fast engine."""
     h, w, c = hwc.shape
     src = as_tensor(hwc)
     out = np.empty_like(hwc)
@@ -140,15 +70,8 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
     kh, kw = kernel.shape
     d = geo.dilation
     top, bottom, left, right = pad_amounts((kh, kw), kernel.anchor, geo)
-    constant = geo.border in ("zeros", "constant")
-    mode_idx = "replicate" if constant else geo.border
-    rows_all = border_index(h, top, bottom, mode_idx)
-    cols = border_index(w, left, right, mode_idx)
-    col_idx = torch.from_numpy(cols)
-    col_out = None
-    if constant:  # positions outside the image take the constant value
-        col_out = torch.from_numpy((np.arange(-left, w + right) < 0) | (np.arange(-left, w + right) >= w))
-        row_outside = (np.arange(-top, h + bottom) < 0) | (np.arange(-top, h + bottom) >= h)
+    rows_all, rows_outside = padded_axis(h, top, bottom, geo)
+    cols = padded_axis(w, left, right, geo)
 
     float_type = torch.float32 if maxval <= 255 else torch.float64
     factors = None if kernel.combine else banded(kernel)
@@ -169,59 +92,41 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
     else:
         tap_list = _tap_list(kernel.weights * scale)
         acc_type = float_type
-    offset, mid = _offset(mode, maxval, bias), (maxval + 1) / 2 if mode == "offset" else 0.0
-    strip = max(1, STRIP_BYTES // max(1, w * c * hwc.itemsize))
+    # Integer sums need no rounding: they stay exact (and fast) through the mapping, when
+    # each term it adds is whole (the bias in pixel units; mid-gray is: 128, 32768).
+    whole = divisor == 1 and not acc_type.is_floating_point and float(bias * maxval).is_integer()
+    map_scale = scale if kernel.combine else 1.0  # other kernels carry the scale in their taps
+    strip = engine.strip_rows(w, c, hwc.itemsize)
     if factors:
-        strip = BAND_ROWS
+        strip = engine.BAND_ROWS
         column, row = factors[0] * scale, factors[1]
 
-    def one(r0: int) -> tuple[float, float, int]:
+    def one(r0: int) -> Stats | None:
         r1 = min(h, r0 + strip)
-        rows = rows_all[r0: r1 + top + bottom]
-        block = src.index_select(0, torch.from_numpy(rows)).index_select(1, col_idx).to(acc_type)
-        if constant:
-            fill = geo.border_value
-            block[torch.from_numpy(row_outside[r0: r1 + top + bottom])] = fill
-            block[:, col_out] = fill
+        span = slice(r0, r1 + top + bottom)
+        block = gather(src, (rows_all[span], None if rows_outside is None else rows_outside[span]), cols,
+                       geo.border_value, axes=(0, 1), dtype=acc_type)
         sh = r1 - r0
         if kernel.combine:
             acc = _combine(block, kernel, parts, d, sh, w)
-            if scale != 1.0:
-                acc.mul_(scale)
         elif factors:
             acc = _separable(block, column, row, d, sh, w, c)
         else:
             acc = _shifted_sum(block, tap_list, d, sh, w)
-        lo = hi = clipped = 0
-        whole = divisor == 1 and not acc_type.is_floating_point and float(offset).is_integer()
-        y = acc if whole else acc.to(float_type)  # integers need no rounding: stay exact and fast
+        y = acc if whole else acc.to(float_type)
         if divisor != 1:
             y.div_(divisor)
-        if stats:
-            lo, hi = float(y.min()), float(y.max())
-        if whole and offset:
-            y.add_(int(offset))
-        elif offset:  # bias, then mid-gray, in the order the reference engine adds them
-            for term in (bias * maxval, mid):
-                if term:
-                    y.add_(term)
-        if mode == "abs":
-            y.abs_()
-        if stats:
-            clipped = int(((y < 0) | (y > maxval)).sum())
-        if not whole:
-            y.round_()
-        dst[r0:r1] = y.clamp_(0, int(maxval) if whole else maxval).to(dst.dtype)
-        return lo, hi, clipped
+        y, st = map_values(y, mode, maxval, scale=map_scale, bias=bias, inplace=True, stats=stats, proven=True)
+        dst[r0:r1] = y.to(dst.dtype)
+        return st
 
     starts = range(0, h, strip)
     results = list(_executor(workers).map(one, starts)) if len(starts) > 1 else [one(0)]
     if not stats:
         return out, None
-    lo = min(r[0] for r in results)
-    hi = max(r[1] for r in results)
-    share = sum(r[2] for r in results) / max(1, h * w * c)
-    return out, Stats(lo + bias * maxval, hi + bias * maxval, share, engine="fast")
+    rows = [min(strip, h - r0) for r0 in starts]  # each strip's share of the values
+    clipped = sum(st.clipped * n for st, n in zip(results, rows)) / max(1, h)
+    return out, Stats(min(st.minimum for st in results), max(st.maximum for st in results), clipped, engine="fast")
 
 
 def _tap_list(taps: np.ndarray) -> list[tuple[int, int, float]]:
@@ -284,10 +189,10 @@ def _separable(block: torch.Tensor, column, row, dilation: int, sh: int, w: int,
     vertical = _band(sh, column, dilation, block.dtype) @ block.reshape(rows_in, -1)
     across = vertical.reshape(sh, -1, c).transpose(0, 1).reshape(-1, sh * c)  # (w + reach, sh·c)
     result = torch.empty(w, sh * c, dtype=block.dtype)
-    full = _band(BAND_ROWS, row, dilation, block.dtype)
-    for c0 in range(0, w, BAND_ROWS):
-        n = min(BAND_ROWS, w - c0)
-        t = full if n == BAND_ROWS else _band(n, row, dilation, block.dtype)
+    full = _band(engine.BAND_ROWS, row, dilation, block.dtype)
+    for c0 in range(0, w, engine.BAND_ROWS):
+        n = min(engine.BAND_ROWS, w - c0)
+        t = full if n == engine.BAND_ROWS else _band(n, row, dilation, block.dtype)
         torch.matmul(t, across[c0: c0 + t.shape[1]], out=result[c0: c0 + n])
     return result.reshape(w, sh, c).transpose(0, 1)
 

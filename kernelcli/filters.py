@@ -5,7 +5,7 @@ read → tensor → (per kernel: correlate → map to the output depth) → Rast
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ from .convolve import (
     resolve_device,
     sample_at_anchor,
 )
+from . import engine
+from .engine import Source, Step
 from .errors import UsageError
 from .images import Raster
 from .kernel import Kernel
@@ -75,71 +77,77 @@ def _raster(y: torch.Tensor, alpha: torch.Tensor | None, options: Options, maxva
                   like.icc_profile, like.exif)
 
 
+def source(raster: Raster, options: Options) -> Source:
+    """What :func:`kernelcli.engine.plan` needs to know of ``raster`` under ``options``."""
+    c, h, w = raster.pixels.shape
+    return Source(c, h, w, raster.pixels.itemsize, raster.pixels.dtype in (np.uint8, np.uint16), raster.maxval,
+                  _see_through(raster), resolve_device(options.device).type)
+
+
+def plan(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> tuple[Step, ...]:
+    """How each of ``kernels`` will be computed on ``raster`` (:func:`kernelcli.engine.plan`)."""
+    return engine.plan(kernels, options, source(raster, options))
+
+
 def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> tuple[Raster, list[Stats]]:
     """Apply ``kernels`` in sequence. Unless ``options.raw``, each step's result is mapped
     and rounded to the output bit depth before the next, so a chain of separate runs gives
     the same pixels as one run. Returns the new Raster and each step's Stats (None where
-    the fast engine ran with ``options.stats`` off)."""
-    quick = _fast_eligible(raster, kernels, options)
-    check_memory(raster, kernels, options, quick)
-    if quick:
-        return _fast(raster, kernels, options)
+    the fast engine ran with ``options.stats`` off); their ``engine`` and ``method`` are the
+    plan's (:func:`plan`), which the memory check priced too."""
+    steps = plan(raster, kernels, options)
+    check_memory(raster, kernels, options, steps=steps)
+    if steps[0].engine == "fast":
+        return _fast(raster, kernels, options, steps)
     work = _load(raster, options)
     geo, x, alpha = options.geometry, work.x, work.alpha
     stats = []
-    for kernel in kernels:
+    for kernel, step in zip(kernels, steps):
         k = kernel.flipped() if options.convolve else kernel
-        y = _filter(x, alpha if work.see_through else None, k, geo, options.color)
+        y = _filter(x, alpha if work.see_through else None, k, geo, options.color, step.method)
         if alpha is not None:
             alpha = sample_at_anchor(alpha, k.shape, k.anchor, geo)
         x, st = _finish(y, kernel, options, work.maxval)
-        stats.append(st)
+        stats.append(replace(st, engine=step.engine, method=step.method))
     return _raster(x, alpha, options, work.maxval, raster), stats
 
 
 def check_memory(raster: Raster, kernels: list[Kernel], options: Options, fast: bool | None = None,
-                 name: str | None = None, results: int = 1) -> None:
+                 name: str | None = None, results: int = 1, steps: tuple[Step, ...] | None = None) -> None:
     """Refuse (MemoryBudgetError) a job whose estimated peak exceeds ``options.max_memory``;
-    ``results``: each kernel applied alone, all results held at once (apply_each)."""
+    ``results``: each kernel applied alone, all results held at once (apply_each). The
+    estimate prices the plan's steps (:func:`plan`, computed here unless given); ``fast``
+    is ignored (the plan decides)."""
     from . import budget
 
     c, h, w = raster.pixels.shape
-    if fast is None:
-        fast = _fast_eligible(raster, kernels, options)
-    chain = [kernels] if results == 1 else [[k] for k in kernels]
+    if results == 1:
+        chains = [(kernels, steps or plan(raster, kernels, options))]
+    else:  # the bank: every kernel on the reference engine, a result each
+        bank = engine.Step("reference", "bank")
+        chains = [([k], (bank,)) for k in kernels]
     need = max(budget.apply_estimate(c, h, w, raster.pixels.itemsize, ks, options, alpha=raster.alpha is not None,
-                                     fast=fast) for ks in chain) * results
+                                     steps=st) for ks, st in chains) * results
     budget.check(need, options.max_memory, f"{name + ': ' if name else ''}filtering {w}x{h} pixels with {' → '.join(k.name for k in kernels)}")
 
 
 def _fast_eligible(raster: Raster, kernels: list[Kernel], options: Options) -> bool:
-    """Whether the strip engine of :mod:`kernelcli.fast` computes every step: 8/16-bit
-    images on the CPU, no transparency, each step eligible (see fast.eligible)."""
-    from . import fast
-
-    c = raster.pixels.shape[0]
-    if (options.raw or raster.pixels.dtype not in (np.uint8, np.uint16) or (options.color != "channels" and c != 1)
-            or _see_through(raster)
-            or resolve_device(options.device).type != "cpu"):
-        return False
-    return all(fast.eligible(kernel.flipped() if options.convolve else kernel, options.geometry,
-                             options.map_for(kernel), raster.maxval, c, options.scale, options.bias_for(kernel))
-               for kernel in kernels)
+    """Whether the plan puts every step on the fast engine (kept for old callers)."""
+    return plan(raster, kernels, options)[0].engine == "fast"
 
 
-def _fast(raster: Raster, kernels: list[Kernel], options: Options):
-    """Every step on the strip engine of :mod:`kernelcli.fast` (see _fast_eligible)."""
+def _fast(raster: Raster, kernels: list[Kernel], options: Options, steps: tuple[Step, ...]):
+    """Every step on the strip engine of :mod:`kernelcli.fast`, as the plan said."""
     from . import fast
 
     maxval = raster.maxval
-    steps = [(kernel.flipped() if options.convolve else kernel, kernel) for kernel in kernels]
-    modes = [options.map_for(kernel) for kernel in kernels]
     hwc = np.ascontiguousarray(raster.pixels.transpose(1, 2, 0))
     stats = []
-    for (k, kernel), mode in zip(steps, modes):
-        hwc, st = fast.filter_strips(hwc, k, options.geometry, mode, maxval, options.scale, options.bias_for(kernel),
-                                     options.stats)
-        stats.append(st)
+    for kernel, step in zip(kernels, steps):
+        k = kernel.flipped() if options.convolve else kernel
+        hwc, st = fast.filter_strips(hwc, k, options.geometry, options.map_for(kernel), maxval, options.scale,
+                                     options.bias_for(kernel), options.stats)
+        stats.append(None if st is None else replace(st, engine=step.engine, method=step.method))
     result = Raster(hwc.transpose(2, 0, 1), raster.alpha, maxval, raster.format, raster.icc_profile, raster.exif)
     return result, stats
 
@@ -147,13 +155,12 @@ def _fast(raster: Raster, kernels: list[Kernel], options: Options):
 def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> list[tuple[Raster, Stats]]:
     """Each kernel alone on the same raster, equal to ``apply_kernels(raster, [k])`` for every
     k. Computed as one convolution with a kernel per output channel (2–5x faster than one by
-    one on the CPU) unless transparency or ``luma`` colour need the kernel-by-kernel path."""
-    ks = [k.flipped() if options.convolve else k for k in kernels]
-    same_frame = options.geometry.padding == "same" or len({(k.shape, k.anchor) for k in ks}) == 1
-    plain = all(k.kind == "plain" for k in ks)
-    if len(ks) < 2 or _see_through(raster) or options.color == "luma" or not same_frame or not plain:
+    one on the CPU) where :func:`kernelcli.engine.plan_each` says so."""
+    step = engine.plan_each(kernels, options, source(raster, options))
+    if step is None:
         return [(r, st[0]) for r, st in (apply_kernels(raster, [k], options) for k in kernels)]
-    check_memory(raster, ks, options, fast=False, results=len(ks))  # the bank holds a result per kernel
+    ks = [k.flipped() if options.convolve else k for k in kernels]
+    check_memory(raster, ks, options, results=len(ks))  # the bank holds a result per kernel
     work = _load(raster, options)
     bank = correlate_bank(work.x, [(_taps(k), k.anchor) for k in ks], options.geometry)
     results = []
@@ -162,7 +169,8 @@ def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options
         y = y.sum(1, keepdim=True) if options.color == "sum" else y
         alpha = None if work.alpha is None else sample_at_anchor(work.alpha, k.shape, k.anchor, options.geometry)
         y, st = _finish(y, kernel, options, work.maxval)
-        results.append((_raster(y, alpha, options, work.maxval, raster), st))
+        results.append((_raster(y, alpha, options, work.maxval, raster), replace(st, engine=step.engine,
+                                                                                method=step.method)))
     return results
 
 
@@ -171,22 +179,24 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1, keepdim=True)
 
 
-def _filter(x, alpha, k: Kernel, geo: Geometry, color: str) -> torch.Tensor:
+def _filter(x, alpha, k: Kernel, geo: Geometry, color: str, method: str = "auto") -> torch.Tensor:
+    """One step on the reference engine; ``method`` is the plan's (auto: choose)."""
     if k.kind == "multi-channel":
         return _mix(x, alpha, k, geo)
     if color == "luma" and x.shape[1] == 3:
         # Filter luminance only; adding the change of Y to R, G and B keeps Cb and Cr.
         y = _luma(x)
-        delta = _respond(y, alpha, k, geo) - sample_at_anchor(y, k.shape, k.anchor, geo)
+        delta = _respond(y, alpha, k, geo, method) - sample_at_anchor(y, k.shape, k.anchor, geo)
         return sample_at_anchor(x, k.shape, k.anchor, geo) + delta
-    out = _respond(x, alpha, k, geo)
+    out = _respond(x, alpha, k, geo, method)
     return out.sum(1, keepdim=True) if color == "sum" else out
 
 
-def _respond(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
-    """A plain kernel's response, or a combined kernel's: magnitude √Σgᵢ², max |gᵢ|, or Σgᵢ."""
+def _respond(x, alpha, k: Kernel, geo: Geometry, method: str = "auto") -> torch.Tensor:
+    """A plain kernel's response, or a combined kernel's: magnitude √Σgᵢ², max |gᵢ|, or Σgᵢ
+    (each part by its own method)."""
     if not k.combine:
-        return _correlate_alpha(x, alpha, k, geo)
+        return _correlate_alpha(x, alpha, k, geo, method)
     from .fast import accumulate_part, fold_part
 
     acc = None
@@ -213,7 +223,7 @@ def _mix(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
     return out
 
 
-def _correlate_alpha(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
+def _correlate_alpha(x, alpha, k: Kernel, geo: Geometry, method: str = "auto") -> torch.Tensor:
     """Correlate colour; with transparency, filter premultiplied colour and renormalise so
     transparent pixels (whatever colour they store) do not bleed in as dark halos.
 
@@ -222,12 +232,12 @@ def _correlate_alpha(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
     """
     taps = _taps(k)
     if alpha is None:
-        out = correlate(x, taps, k.anchor, geo)
+        out = correlate(x, taps, k.anchor, geo, method)
         return out / k.divisor if k.divisor != 1 else out
-    num = correlate(x * alpha, taps, k.anchor, geo) / k.divisor
+    num = correlate(x * alpha, taps, k.anchor, geo, method) / k.divisor
     own = sample_at_anchor(alpha, k.shape, k.anchor, geo)
     total = float(taps.sum())
-    den = correlate(alpha, taps, k.anchor, geo) / total if abs(total) > 1e-9 else own
+    den = correlate(alpha, taps, k.anchor, geo, method) / total if abs(total) > 1e-9 else own
     den = torch.where(den > 1e-6, den, own)
     return torch.where(own > 0, num / den.clamp_min(1e-6), torch.zeros_like(num))
 

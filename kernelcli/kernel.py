@@ -15,7 +15,8 @@ from fractions import Fraction
 
 from .errors import KernelFileError
 
-MAP_MODES = ("clip", "abs", "offset", "normalize")
+MAP_MODES = ("clip", "abs", "offset", "normalize")  # mapping.map_values implements each
+DEFAULT_MAP = "clip"  # a step's mapping when neither the options nor the kernel name one
 MAX_KERNEL_SIZE = 63  # default largest side for kernels read from files, inline specs and generators
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 

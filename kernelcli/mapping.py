@@ -22,7 +22,8 @@ class Stats:
     minimum: float
     maximum: float
     clipped: float  # fraction of values outside 0..maxval after mapping, before the clip
-    engine: str = "reference"  # which engine computed the step: "reference" or "fast" (kernelcli.fast)
+    engine: str = "reference"  # which engine computed the step: "reference" or "fast" (kernelcli.engine.plan)
+    method: str = ""  # how, as the plan said: strips, banded, combined; direct, separable, fft, parts, mix, bank
 
 
 def check_finite(y: torch.Tensor, what: str = "the filter") -> torch.Tensor:
@@ -35,28 +36,51 @@ def check_finite(y: torch.Tensor, what: str = "the filter") -> torch.Tensor:
 
 def map_values(
     x: torch.Tensor, mode: str, maxval: float, *, scale: float = 1.0, bias: float = 0.0, what: str = "the filter",
-    inplace: bool = False,
-) -> tuple[torch.Tensor, Stats]:
+    inplace: bool = False, stats: bool = True, proven: bool = False,
+) -> tuple[torch.Tensor, Stats | None]:
     """Map ``x`` into 0..maxval, rounded half-to-even: ``mode(x * scale + bias * maxval)``.
 
     ``offset`` adds mid-gray (128 for 8-bit); ``normalize`` stretches the result's global
     min–max (over all channels) to 0..maxval, and leaves a flat result at mid-gray.
     ``inplace`` maps ``x`` itself (the engine's own result: no second copy of the image).
+    Both engines map here: the reference engine a whole step, the fast engine each strip,
+    whose sums may stay integers (exact: no rounding; the bias and offset are then whole).
+    ``stats=False`` skips the Stats (None) and the passes that only they need; ``proven``:
+    the caller proved the result finite (the fast engine's bounds), so no check for NaN/inf.
     """
     check_mode(mode)
     y = x if inplace else x.clone()
-    if scale != 1.0 or bias:
-        y.mul_(scale).add_(bias * maxval)
-    check_finite(y, what)
-    lo, hi = float(y.min()), float(y.max())
+    whole = not y.is_floating_point()
+    if scale != 1.0:
+        y.mul_(scale)
+    if bias:
+        y.add_(_term(bias * maxval, whole))
+    if not (whole or proven):
+        check_finite(y, what)
+    lo = hi = 0.0
+    if stats or mode == "normalize":
+        lo, hi = float(y.min()), float(y.max())
     if mode == "abs":
         y.abs_()
     elif mode == "offset":
-        y.add_((maxval + 1) / 2)
+        y.add_(_term((maxval + 1) / 2, whole))
     elif mode == "normalize":
         if hi > lo:
             y.sub_(lo).mul_(maxval / (hi - lo))
         else:
             y.fill_((maxval + 1) / 2)
-    outside = int(torch.count_nonzero((y < 0) | (y > maxval))) / y.numel() if y.numel() else 0.0
-    return y.round_().clamp_(0, maxval), Stats(lo, hi, outside)
+    outside = None
+    if stats:
+        outside = int(torch.count_nonzero((y < 0) | (y > maxval))) / y.numel() if y.numel() else 0.0
+    if whole:
+        return y.clamp_(0, int(maxval)), None if outside is None else Stats(lo, hi, outside)
+    return y.round_().clamp_(0, maxval), None if outside is None else Stats(lo, hi, outside)
+
+
+def _term(value: float, whole: bool):
+    """A term added to the result: an int for integer sums (it must then be whole)."""
+    if whole:
+        if not float(value).is_integer():
+            raise ValueError(f"cannot add {value} to integer sums exactly")
+        return int(value)
+    return value

@@ -10,10 +10,11 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .kernel import MAP_MODES
+from .kernel import DEFAULT_MAP, MAP_MODES
 
 MAX_GEOMETRY = 1 << 24  # largest stride, dilation, padding, factor or window: beyond it no image fits in memory
 BORDERS = ("replicate", "reflect", "symmetric", "circular", "zeros", "constant")
+CONSTANT_BORDERS = ("zeros", "constant")  # outside the image: geometry.border_value (convolve.gather)
 COLOR_MODES = ("channels", "gray", "luma", "sum")
 
 
@@ -131,8 +132,8 @@ class Options:
             check_finite(self.bias, "bias")
 
     def map_for(self, kernel) -> str:
-        """The value mapping of one step: --map, else the kernel's own, else clip."""
-        return self.map or kernel.map or "clip"
+        """The value mapping of one step: --map, else the kernel's own, else DEFAULT_MAP (clip)."""
+        return self.map or kernel.map or DEFAULT_MAP
 
     def bias_for(self, kernel) -> float:
         """The bias of one step: --bias, else the kernel's own."""

@@ -19,6 +19,7 @@ from .convolve import Geometry, as_tensor, pad, pad_amounts, resolve_device
 from .shapes import output_size, transposed_size
 from .errors import UsageError
 from .images import Raster
+from .kernel import DEFAULT_MAP
 from .options import MAX_GEOMETRY, check_geometry
 from .mapping import map_values
 
@@ -34,7 +35,7 @@ def _planes(raster: Raster, device, dtype=None) -> tuple[torch.Tensor, int]:
     return as_tensor(np.ascontiguousarray(planes)).to(device, dtype)[None], raster.pixels.shape[0]
 
 
-def _back(y: torch.Tensor, colours: int, raster: Raster, mode: str = "clip") -> Raster:
+def _back(y: torch.Tensor, colours: int, raster: Raster, mode: str = DEFAULT_MAP) -> Raster:
     """Split colour and alpha again; map images to their depth, keep arrays raw."""
     if raster.maxval is not None:
         y, _ = map_values(y, mode, raster.maxval)
@@ -88,7 +89,7 @@ def transpose_conv(x: torch.Tensor, weights, stride: int = 1, padding: int = 0, 
 
 
 def transpose(raster: Raster, weights, stride: int = 1, padding: int = 0, dilation: int = 1,
-              device: str | None = None, mode: str = "clip", *, max_memory: int | None = None) -> Raster:
+              device: str | None = None, mode: str = DEFAULT_MAP, *, max_memory: int | None = None) -> Raster:
     for name, value in (("stride", stride), ("padding", padding), ("dilation", dilation)):
         check_geometry(name, value)
     kh, kw = np.shape(weights)

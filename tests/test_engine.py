@@ -251,3 +251,59 @@ def test_bank_with_valid_padding_and_equal_shapes(library, rng):
     for kernel, (result, _) in zip(kernels, apply_each(raster, kernels, options)):
         np.testing.assert_array_equal(result.pixels, apply_kernels(raster, [kernel], options)[0].pixels)
         assert result.pixels.shape == (1, 7, 7)
+
+
+# --------------------------------------------------------------------------- one decision: engine.plan
+
+PLAN_CASES = [  # (kernels, options, engine on 8/16-bit pixels for 1 and 3 channels): every method there is
+    (["sharpen"], {}, "fast fast"), (["gaussian:3"], {}, "fast fast"), (["sobel"], {}, "fast fast"),
+    (["blur", "emboss"], {"scale": 0.5}, "fast fast"), (["log:3"], {}, "reference reference"),
+    (["sharpen"], {"map": "normalize"}, "reference reference"),
+    (["blur"], {"geometry": Geometry(stride=2)}, "reference reference"),
+    (["compass"], {"color": "sum"}, "fast reference"), (["rgb-to-gray"], {}, "reference reference"),
+    (["outline", "gaussian:3"], {"convolve": True}, "fast fast"), (["sharpen"], {"raw": True}, "reference reference"),
+    (["sobel", "sharpen"], {"geometry": Geometry("constant", 7.0)}, "fast fast"),
+]
+
+
+@pytest.mark.parametrize("kinds", [(np.uint8, 255.0), (np.uint16, 65535.0), (np.float32, 255.0)])
+@pytest.mark.parametrize("size", [(1, 9, 11), (3, 40, 37)])
+@pytest.mark.parametrize("names, kw, expected", PLAN_CASES)
+def test_memory_estimate_prices_the_engine_that_runs(library, rng, monkeypatch, names, kw, expected, size, kinds):
+    """The memory check and the engine take the same decision (engine.plan): the steps the
+    estimate priced are the engine and method every step's Stats report, small tiles
+    included (TILE_BYTES shrunk so the reference engine tiles)."""
+    import kernelcli.budget as budget
+    import kernelcli.convolve as convolve
+    import kernelcli.engine as engine
+
+    dtype, maxval = kinds
+    if names == ["rgb-to-gray"]:
+        size = (3, *size[1:])  # a kernel for three input channels
+    monkeypatch.setattr(engine, "TILE_BYTES", 4096)
+    priced = []
+    real = budget.apply_estimate
+
+    def spy(*args, steps, **kwargs):
+        priced.append(steps)
+        return real(*args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(budget, "apply_estimate", spy)
+    tiles = []
+    real_tiled = convolve._tiled
+
+    def tiled(x, weights, amounts, geo, method, out_h, tile_rows):
+        tiles.append(tile_rows)
+        return real_tiled(x, weights, amounts, geo, method, out_h, tile_rows)
+
+    monkeypatch.setattr(convolve, "_tiled", tiled)
+    pixels = rng.integers(0, int(maxval) + 1, size).astype(dtype)
+    kernels = [library.resolve(n) for n in names]
+    _, stats = apply_kernels(Raster(pixels, maxval=maxval), kernels, Options(device="cpu", **kw))
+    assert len(priced) == 1
+    assert [(s.engine, s.method) for s in priced[0]] == [(st.engine, st.method) for st in stats]
+    single = [s.tile_rows for s in priced[0] if s.method in ("direct", "separable", "fft")]
+    if len(single) == len(priced[0]):  # one correlation a step: the tiles it ran are the ones priced
+        assert tiles == [t for t in single if t is not None]
+    engine_ran = "reference" if dtype == np.float32 else expected.split()[size[0] == 3]
+    assert {st.engine for st in stats} == {engine_ran}

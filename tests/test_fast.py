@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+import kernelcli.engine as engine
 import kernelcli.fast as fast
 from kernelcli.options import Geometry, parse_border
 from kernelcli.filters import Options, apply_kernels
@@ -15,15 +18,20 @@ from .conftest import BORDERS
 
 @pytest.fixture(autouse=True)
 def small_strips(monkeypatch):
-    monkeypatch.setattr(fast, "STRIP_BYTES", 64)  # many strips even on tiny images: halos must join
+    monkeypatch.setattr(engine, "STRIP_BYTES", 64)  # many strips even on tiny images: halos must join
 
 
 def both(raster: Raster, kernels, options: Options):
-    """(fast result, reference result): the reference runs on a float copy of the pixels."""
+    """(fast result, reference result, their Stats) on the CPU: the fast engine must have
+    run every step of the first, the reference engine (on a float copy) every step of the
+    second."""
+    options = replace(options, device="cpu")
     quick, quick_stats = apply_kernels(raster, kernels, options)
+    assert [st.engine for st in quick_stats] == ["fast"] * len(kernels)
     slow_raster = Raster(raster.pixels.astype(np.float64 if raster.maxval > 255 else np.float32),
                          raster.alpha, raster.maxval)
     slow, slow_stats = apply_kernels(slow_raster, kernels, options)
+    assert [st.engine for st in slow_stats] == ["reference"] * len(kernels)
     return quick, slow, quick_stats, slow_stats
 
 
@@ -84,7 +92,7 @@ def test_not_eligible_cases(library):
 @pytest.mark.parametrize("spec", ["gaussian:2.5", "box:9", "gaussian:2,9@90", "[[1],[2],[3],[2],[1]]"])
 @pytest.mark.parametrize("kw", [{}, {"border": "symmetric", "dilation": 2}, {"border": "constant", "border_value": 40.0}])
 def test_large_separable_kernels_as_banded_products(library, rng, spec, kw, monkeypatch):
-    monkeypatch.setattr(fast, "BAND_ROWS", 7)  # many bands, partial last ones
+    monkeypatch.setattr(engine, "BAND_ROWS", 7)  # many bands, partial last ones
     kernel = library.resolve(spec)
     geo = Geometry(**kw)
     pixels = rng.integers(0, 256, (3, 40, 37)).astype(np.uint8)
@@ -122,3 +130,17 @@ def test_combined_kernels_16_bit(library, rng):
         quick, slow, qs, _ = both(Raster(pixels, maxval=65535.0), [library.get(name)], Options())
         assert qs[0].engine == "fast"
         np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(np.uint16))
+
+
+def test_the_plan_says_how_the_fast_engine_runs(library, rng):
+    """engine.plan is the one decision: strips for small kernels, banded products for large
+    separable ones, combined kernels part by part; the Stats report what ran."""
+    from kernelcli.filters import plan
+
+    raster = Raster(rng.integers(0, 256, (3, 12, 10)).astype(np.uint8), maxval=255.0)
+    options = Options(device="cpu")
+    for spec, method in (("sharpen", "strips"), ("gaussian:3", "banded"), ("sobel", "combined")):
+        kernels = [library.resolve(spec)]
+        assert [(s.engine, s.method) for s in plan(raster, kernels, options)] == [("fast", method)]
+        _, stats = apply_kernels(raster, kernels, options)
+        assert (stats[0].engine, stats[0].method) == ("fast", method)
