@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
-from .version import __version__
-from .errors import (
+from .version import __version__  # noqa: F401  (re-exported by kernelcli)
+from .errors import (  # noqa: F401  (re-exported by kernelcli)
     DeviceError,
     ImageError,
     KernelcliError,
@@ -18,28 +18,11 @@ from .errors import (
     UsageError,
 )
 from .kernel import MAX_KERNEL_SIZE, Kernel
-from .kernels import KernelLibrary, parse_inline
-from .batch import Report
-from .runner import Batch, apply_file, apply_paths
+from .kernels import KernelLibrary, parse_inline  # noqa: F401  (re-exported by kernelcli)
+from .batch import Report  # noqa: F401  (re-exported by kernelcli)
+from .runner import Batch, apply_file, apply_paths  # noqa: F401  (re-exported by kernelcli)
 
-__all__ = [
-    "apply",
-    "apply_file",
-    "apply_paths",
-    "Batch",
-    "Report",
-    "load_library",
-    "Kernel",
-    "KernelLibrary",
-    "parse_inline",
-    "KernelcliError",
-    "UsageError",
-    "KernelFileError",
-    "UnknownKernelError",
-    "DeviceError",
-    "ImageError",
-    "__version__",
-]
+# The public names are listed once, in kernelcli/__init__.py (__all__), which forwards them here.
 
 
 def load_library(*paths, shipped: bool = True, max_kernel: int = MAX_KERNEL_SIZE) -> KernelLibrary:

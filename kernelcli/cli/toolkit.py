@@ -8,7 +8,7 @@ import click
 
 from .. import runner
 from ..errors import UsageError
-from ..kernel import MAP_MODES
+from ..kernel import DEFAULT_MAP, MAP_MODES
 from . import common
 from .common import CONTEXT
 
@@ -59,7 +59,7 @@ def upsample(factor, source, output, fmt, overwrite, device, max_memory):
 @click.option("--padding", type=click.IntRange(min=0), default=0, show_default=True,
               help="Rows/columns cropped from each side of the full result.")
 @click.option("--dilation", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--map", "map_mode", type=click.Choice(MAP_MODES), default="clip", show_default=True,
+@click.option("--map", "map_mode", type=click.Choice(MAP_MODES), default=DEFAULT_MAP, show_default=True,
               help="For image outputs.")
 @common.kernel_files
 @common.single_io
