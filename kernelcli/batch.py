@@ -164,9 +164,7 @@ def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), av
         elif kind == "other" and is_listed and on_skip is not None:
             on_skip(path)  # a FIFO, device or socket in a list: skipped like one in a folder
         else:
-            why = {"dir": "is a directory, not an image", "other": "not a regular file (a FIFO, device or socket)",
-                   "missing": "no such file"}.get(kind, kind)
-            bad.append(Job(Source(path, Path(path.name)), [], error=f"{given}: {why}"))
+            bad.append(Job(Source(path, Path(path.name)), [], error=f"{given}: {not_an_input(kind)}"))
     return own_outputs(sources, kernels), bad
 
 
@@ -206,6 +204,12 @@ def _is_label(label: str, kernels) -> bool:
         return any(t in kernels or made.fullmatch(t) for t in (text, re.sub(r"-r-?[0-9.]+$", "", text)))
 
     return all(one(p) for p in label.split("+"))
+
+
+def not_an_input(kind: str) -> str:
+    """Why a path of this kind (see _kind) is not an input, as a message names it."""
+    return {"dir": "is a directory, not an image", "other": "not a regular file (a FIFO, device or socket)",
+            "missing": "no such file"}.get(kind, kind)
 
 
 def _kind(path: Path) -> str:

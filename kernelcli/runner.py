@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -219,16 +218,11 @@ def check_input(path: str) -> None:
         if sys.stdin.isatty():
             raise UsageError("no input: stdin is a terminal; pipe an image in or name a file")
         return
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (OSError, ValueError) as exc:  # too long, a NUL byte, no permission
-        raise UsageError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if stat.S_ISDIR(mode):
-        raise UsageError(f"{path}: is a directory")
-    if not stat.S_ISREG(mode):
-        raise UsageError(f"{path}: not a regular file (a FIFO, device or socket)")
+    from .batch import _kind, not_an_input
+
+    kind = _kind(path)  # one classification for named inputs, folder scans and lists
+    if kind != "file":
+        raise UsageError(f"{path}: {not_an_input(kind)}")
 
 
 def _stdout_format_of(inputs) -> str | None:
