@@ -442,8 +442,10 @@ def run(jobs, process, *, workers: int = 1, report: Report, stop: threading.Even
             on_done(job)
 
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="kernelcli")
-    pending = {pool.submit(one, job) for job in jobs}
+    pending: set = set()
     try:
+        for job in jobs:  # inside the try: a signal while jobs are still being handed out is handled too
+            pending.add(pool.submit(one, job))
         while pending:  # short waits keep Ctrl-C responsive in the main thread
             done, pending = wait(pending, timeout=0.2)
             for f in done:

@@ -66,15 +66,31 @@ def enabled(args: list[str]) -> bool:
 class _Forwarder:
     """Signals to the worker's process group, as chg does: Ctrl-C, TERM, HUP, QUIT, WINCH, USR1/2
     are passed on; a second Ctrl-C kills the worker; Ctrl-Z stops the worker, then this process,
-    and both continue together."""
+    and both continue together. Installed before the request is sent: a signal that comes before
+    the worker is known is held and passed on once it is (or, if nothing ran, is this process's)."""
 
-    def __init__(self, pgid: int):
+    def __init__(self):
         import signal
 
-        self.signal, self.pgid, self.interrupts = signal, pgid, 0
-        for name in FORWARDED_SIGNALS:
-            signal.signal(getattr(signal, name), self.forward)
-        signal.signal(signal.SIGTSTP, self.suspend)
+        self.signal, self.pgid, self.interrupts, self.held = signal, None, 0, []
+        self.previous = {}
+        for sig in [getattr(signal, name) for name in FORWARDED_SIGNALS] + [signal.SIGTSTP]:
+            self.previous[sig] = signal.signal(sig, self.suspend if sig == signal.SIGTSTP else self.forward)
+
+    def attach(self, pgid: int) -> None:
+        """The worker is known: pass on what came before."""
+        self.pgid = pgid
+        held, self.held = self.held, []
+        for sig in held:
+            (self.suspend if sig == self.signal.SIGTSTP else self.forward)(sig, None)
+
+    def release(self) -> None:
+        """Nothing ran (the command runs in this process): the previous handlers come back and
+        the signals held meanwhile are delivered to this process."""
+        for sig, handler in self.previous.items():
+            self.signal.signal(sig, handler)
+        for sig in self.held:
+            os.kill(os.getpid(), sig)
 
     def _kill(self, sig):
         try:
@@ -83,6 +99,9 @@ class _Forwarder:
             pass
 
     def forward(self, sig, frame):
+        if self.pgid is None:
+            self.held.append(sig)
+            return
         if sig == self.signal.SIGINT:
             self.interrupts += 1
             if self.interrupts > 1:
@@ -90,6 +109,9 @@ class _Forwarder:
         self._kill(sig)
 
     def suspend(self, sig, frame):
+        if self.pgid is None:
+            self.held.append(sig)
+            return
         self._kill(self.signal.SIGTSTP)
         self.signal.signal(self.signal.SIGTSTP, self.signal.SIG_DFL)
         os.kill(os.getpid(), self.signal.SIGTSTP)  # stops here until SIGCONT
@@ -116,6 +138,7 @@ def run_through(sock, args: list[str]) -> int | None:
         cwd = os.open(".", getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:  # a working folder we cannot open: run in-process, where it still works
         return None
+    forwarder = _Forwarder()  # from here on, a Ctrl-C or Ctrl-Z is the worker's
     try:
         request = encode_request("run", args)
         fds = struct.pack("4i", 0, 1, 2, cwd)
@@ -123,24 +146,25 @@ def run_through(sock, args: list[str]) -> int | None:
         sock.sendall(request[sent:4096])
         sock.sendall(request[4096:])
     except (BrokenPipeError, ConnectionResetError):
+        forwarder.release()
         return None
     finally:
         os.close(cwd)
-    forwarder = None
     try:
         for line in _lines(sock):
             word, _, value = line.decode().partition(" ")
             if word == "pid":
-                forwarder = _Forwarder(int(value))
+                forwarder.attach(int(value))
             elif word == "exit":
-                return 130 if forwarder and forwarder.interrupts > 1 else int(value)
+                return 130 if forwarder.interrupts > 1 else int(value)
             elif word == "signal":
-                if forwarder and forwarder.interrupts > 1:
+                if forwarder.interrupts > 1:
                     return 130
                 _die_by(int(value))
     except ConnectionResetError:
         pass
-    if forwarder is None:
+    if forwarder.pgid is None:
+        forwarder.release()
         return None
     os.write(2, b"kernelcli: error: the kernelcli server stopped during the request\n")
     return 255

@@ -225,15 +225,21 @@ def _state(pid: int) -> str:
 def test_ctrl_z_stops_the_worker_too_and_both_continue(served, tmp_path):
     _, args = _slow_batch(tmp_path, count=60)
     proc = subprocess.Popen(CLIENT + args, env=served, stderr=subprocess.PIPE, text=True)
-    worker = _worker_of(served)
-    wait_for(lambda: any((tmp_path / "out").glob("*.png")), 60, "the first output")
-    proc.send_signal(signal.SIGTSTP)  # Ctrl-Z
-    wait_for(lambda: _state(proc.pid) == "T" and _state(worker) == "T", 10, "client and worker to stop")
-    proc.send_signal(signal.SIGCONT)  # fg
-    wait_for(lambda: _state(proc.pid) != "T" and _state(worker) != "T", 10, "both to continue")
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    try:
+        worker = _worker_of(served)
+        wait_for(lambda: any((tmp_path / "out").glob("*.png")), 60, "the first output")
+        proc.send_signal(signal.SIGTSTP)  # Ctrl-Z
+        wait_for(lambda: _state(proc.pid) == "T" and _state(worker) == "T", 30, "client and worker to stop")
+        proc.send_signal(signal.SIGCONT)  # fg
+        wait_for(lambda: _state(proc.pid) != "T" and _state(worker) != "T", 30, "both to continue")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+    finally:  # a failure above must not leave the client (and so its worker) running into the next test
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.communicate(timeout=30)
 
 
 def test_client_killed_takes_its_worker_and_leaves_no_partial_output(served, tmp_path):
