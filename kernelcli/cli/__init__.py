@@ -16,6 +16,7 @@ from ..console import error
 from ..errors import KernelcliError, WriteError
 from ..version import __version__
 from . import apply, bench, explain, grid, kernels, learn, server, toolkit
+from . import common
 from .common import CONTEXT
 
 # The flag that changes a library setting named by an error (KernelcliError.setting), as the
@@ -83,6 +84,7 @@ def _silence_stdout():
 @click.version_option(__version__, "--version", prog_name="kernelcli")
 @click.option("--no-server", is_flag=True, expose_value=False,
               help="Run in this process, not through the resident server (also: KERNELCLI_SERVER=off).")
+@common.group_verbosity
 def main():
     """Filter images with named convolution kernels, on the CPU or a GPU.
 
