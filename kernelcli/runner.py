@@ -323,7 +323,8 @@ def read_input(path: str, limits=None):
 
 
 def emit(output: str, data: bytes, overwrite: bool, detail: str = "", verbosity: int = NORMAL) -> None:
-    """Bytes to stdout (``-``) or atomically to a file, reported on stderr."""
+    """Bytes to stdout (``-``) or atomically to a file, reported on stderr only when verbose
+    (a single written file says nothing on success, like ImageMagick)."""
     from .images import write_atomic
 
     if output == "-":
@@ -331,7 +332,7 @@ def emit(output: str, data: bytes, overwrite: bool, detail: str = "", verbosity:
         sys.stdout.buffer.flush()
     else:
         write_atomic(output, data, overwrite=overwrite)
-        if verbosity >= NORMAL:
+        if verbosity >= VERBOSE:
             say(f"wrote {output}{detail}")
 
 
@@ -357,7 +358,8 @@ def run_single(source, output, render, *, fmt=None, overwrite=False, suffix=None
     return output
 
 
-def transform_file(source, output, fn, *, suffix, fmt=None, overwrite=False, device=None, limits=None) -> str:
+def transform_file(source, output, fn, *, suffix, fmt=None, overwrite=False, device=None, limits=None,
+                   verbosity: int = NORMAL) -> str:
     """A Raster → Raster function (a toolkit operation) on one file or stream: arrays out stay
     raw floats, arrays written as images are clipped to 0–255. Returns the output."""
     from .images import ARRAY_FORMATS, encode
@@ -371,7 +373,8 @@ def transform_file(source, output, fn, *, suffix, fmt=None, overwrite=False, dev
             raster = replace(raster, maxval=255.0)
         return encode(fn(raster), out_fmt, name=str(name))
 
-    return run_single(source, output, render, fmt=fmt, overwrite=overwrite, suffix=suffix, limits=limits)
+    return run_single(source, output, render, fmt=fmt, overwrite=overwrite, suffix=suffix, limits=limits,
+                      verbosity=verbosity)
 
 
 def picture_output(output, fmt, overwrite, inputs=()) -> str:
@@ -393,9 +396,9 @@ def encode_pil(img, fmt) -> bytes:
     return buf.getvalue()
 
 
-def write_picture(img, output, out_fmt, overwrite, detail: str = "") -> None:
+def write_picture(img, output, out_fmt, overwrite, detail: str = "", verbosity: int = NORMAL) -> None:
     """A PIL picture (a sheet, a kernel heatmap) to a checked output."""
-    emit(output, encode_pil(img, out_fmt), overwrite, detail)
+    emit(output, encode_pil(img, out_fmt), overwrite, detail, verbosity)
 
 
 # --------------------------------------------------------------------------- a batch: files and folders
@@ -564,12 +567,12 @@ def _run_batch(torch_loading, renderer: Renderer, inputs, b: Batch, library=None
     report = batch.Report(total=len(p.jobs), on_fail=lambda j, message: error(message))
     if b.report_path == "-":
         report.stream = sys.stdout
-    progress = make_progress(len(p.jobs), b.verbosity == QUIET)
+    progress = make_progress(len(p.jobs), b.verbosity == QUIET or p.single)  # no bar for one file
 
     def on_done(j):
         if progress is not None:
             progress.advance(1)
-        if b.verbosity >= VERBOSE:
+        if b.verbosity >= VERBOSE and not p.single:  # one file says "wrote" at the end
             say(f"{j.source.path} -> {', '.join(str(o.path) for o in j.outputs) or '-'}")
 
     try:
@@ -649,10 +652,10 @@ def _summarise(report, p: _Plan, b: Batch) -> None:
     loud = b.verbosity >= NORMAL
     if report.fatal is not None:
         say(f"stopped: {report.summary()}")
-    elif p.single and report.interrupted is None:
-        if loud and report.processed:
+    elif p.single and report.interrupted is None:  # one file: silent on success unless verbose
+        if b.verbosity >= VERBOSE and report.processed:
             say(f"wrote {', '.join(str(o.path) for o in p.jobs[0].outputs)}")
-        elif loud and report.skipped:
+        elif b.verbosity >= VERBOSE and report.skipped:
             say(f"skipped {p.jobs[0].source.path}: output exists")
     elif loud or report.failed or report.interrupted:
         say(report.summary() + (" (interrupted)" if report.interrupted else ""))
@@ -677,7 +680,7 @@ class Sheet:
 
 
 def make_grid(inputs, kernels, output, *, sheet: Sheet = Sheet(), fmt=None, overwrite=False, options=None,
-              limits=None):
+              limits=None, verbosity: int = NORMAL):
     """A labelled contact sheet: each input, then the same image through each kernel; written to
     ``output`` (a file or -). Returns the PIL image."""
     from .filters import apply_each
@@ -703,13 +706,13 @@ def make_grid(inputs, kernels, output, *, sheet: Sheet = Sheet(), fmt=None, over
     img = compose(arrange(rows, transpose=sheet.transpose, cols=sheet.cols), labels=sheet.labels,
                   show_kernels=sheet.show_kernels, gap=sheet.gap, background=colour, fmt=out_fmt,
                   max_memory=options.max_memory)
-    write_picture(img, output, out_fmt, overwrite, f" ({img.width}x{img.height})")
+    write_picture(img, output, out_fmt, overwrite, f" ({img.width}x{img.height})", verbosity)
     return img
 
 
-def kernel_picture(kernel, output, *, fmt=None, overwrite=False) -> None:
+def kernel_picture(kernel, output, *, fmt=None, overwrite=False, verbosity: int = NORMAL) -> None:
     """Draw ``kernel`` as a heatmap picture into ``output`` (a file or -)."""
     from .grid import kernel_picture as draw
 
     out_fmt = picture_output(output, fmt, overwrite)
-    write_picture(draw(kernel, cell_px=64), output, out_fmt, overwrite)
+    write_picture(draw(kernel, cell_px=64), output, out_fmt, overwrite, verbosity=verbosity)

@@ -16,6 +16,7 @@ from ..console import error
 from ..errors import KernelcliError, WriteError
 from ..version import __version__
 from . import apply, bench, explain, grid, kernels, learn, server, toolkit
+from . import common
 from .common import CONTEXT
 
 # The flag that changes a library setting named by an error (KernelcliError.setting), as the
@@ -31,13 +32,35 @@ def message(exc: KernelcliError) -> str:
     return str(exc) + SETTING_FLAGS.get(exc.setting, "")
 
 
+def usage_message(exc: click.UsageError) -> str:
+    """click's usage error as kernelcli's one line: click's own words (what is wrong, the allowed
+    values), without its "Usage: … Try -h" block; the message names the option to fix."""
+    text = exc.format_message().strip().rstrip(".")
+    return text[:1].lower() + text[1:]
+
+
 class Group(click.Group):
-    """Turns kernelcli's own errors into one-line messages and exit codes, in one place."""
+    """Turns kernelcli's own errors and click's usage errors into one-line messages and exit codes,
+    in one place (the group's own options are parsed in parse_args, a command's in invoke)."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `kernelcli` alone prints the help
+        except click.UsageError as exc:
+            error(usage_message(exc))
+            raise click.exceptions.Exit(exc.exit_code) from None
 
     def invoke(self, ctx):
         try:
             with runner.signals():  # SIGTERM as Ctrl-C, through the code's clean-up (exit 143)
                 return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `kernelcli kernels` alone prints the group's help
+        except click.UsageError as exc:
+            error(usage_message(exc))
+            ctx.exit(exc.exit_code)
         except KernelcliError as exc:
             error(message(exc))
             ctx.exit(exc.exit_code)
@@ -61,6 +84,7 @@ def _silence_stdout():
 @click.version_option(__version__, "--version", prog_name="kernelcli")
 @click.option("--no-server", is_flag=True, expose_value=False,
               help="Run in this process, not through the resident server (also: KERNELCLI_SERVER=off).")
+@common.group_verbosity
 def main():
     """Filter images with named convolution kernels, on the CPU or a GPU.
 

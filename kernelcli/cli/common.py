@@ -130,16 +130,36 @@ def limits(max_pixels, allow_truncated):
     return Limits(max_pixels=max_pixels, allow_truncated=allow_truncated)
 
 
+VERBOSITY_KEY = "kernelcli.verbosity"
+
+
+def remember_verbosity(ctx, param, value):
+    """The group's -q/-v (``kernelcli -q apply …``), kept for the command in the shared ctx.meta."""
+    if value:
+        ctx.meta[VERBOSITY_KEY] = runner.QUIET if param.name == "quiet" else runner.VERBOSE
+
+
+QUIET_HELP = "Print nothing but errors."
+VERBOSE_HELP = "Say what was written (a line per file)."
+group_verbosity = stack(
+    click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=remember_verbosity, help=QUIET_HELP),
+    click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=remember_verbosity,
+                 help=VERBOSE_HELP))
+
+
 def verbosity(f):
-    """-q/--quiet and -v/--verbose: the command gets ``verbosity`` (runner.QUIET, NORMAL, VERBOSE)."""
+    """-q/--quiet and -v/--verbose: the command gets ``verbosity`` (runner.QUIET, NORMAL, VERBOSE);
+    given after the command they win over the same flags given before it."""
     import functools
 
     @functools.wraps(f)
     def wrapper(*args, quiet, verbose, **kwargs):
-        return f(*args, verbosity=runner.QUIET if quiet else runner.VERBOSE if verbose else runner.NORMAL, **kwargs)
+        level = (runner.QUIET if quiet else runner.VERBOSE if verbose else
+                 click.get_current_context().meta.get(VERBOSITY_KEY, runner.NORMAL))
+        return f(*args, verbosity=level, **kwargs)
 
-    return stack(click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
-                 click.option("-v", "--verbose", is_flag=True, help="Print a line per file."))(wrapper)
+    return stack(click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP),
+                 click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP))(wrapper)
 
 
 def echo_json(data, ensure_ascii: bool = True) -> None:

@@ -28,11 +28,12 @@ from .common import CONTEXT
 @click.option("--format", "fmt", type=common.FormatChoice(images_only=True), metavar="EXT",
               help="Format for stdout: an image extension -o takes (png, jpg, gif, …)  [default: png].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@common.verbosity
 @common.input_limits
 @common.geometry
 @common.kernel_files
 def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, show_kernels, cell, gap,
-         background, fmt, overwrite, max_pixels, allow_truncated, kernel_files, max_kernel, **geo):
+         background, fmt, overwrite, verbosity, max_pixels, allow_truncated, kernel_files, max_kernel, **geo):
     """A labelled contact sheet: each INPUT, then the same image through each kernel.
 
     \b
@@ -55,7 +56,8 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
     sheet = runner.Sheet(transpose, cols, not no_labels, show_kernels, None if cell == "full" else int(cell), gap,
                          background)
     runner.make_grid(inputs, kernels, output, sheet=sheet, fmt=fmt, overwrite=overwrite,
-                     options=common.build_options(**geo), limits=common.limits(max_pixels, allow_truncated))
+                     options=common.build_options(**geo), limits=common.limits(max_pixels, allow_truncated),
+                     verbosity=verbosity)
 
 
 COMMANDS = [grid]

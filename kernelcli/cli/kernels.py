@@ -49,7 +49,8 @@ def kernels_list(kernel_files, max_kernel, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, with the effective float weights.")
 @click.option("--image", "image_path", metavar="FILE", help="Also draw the kernel as a heatmap picture (- for stdout).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --image file.")
-def kernels_show(name, kernel_files, max_kernel, as_json, image_path, overwrite):
+@common.verbosity
+def kernels_show(name, kernel_files, max_kernel, as_json, image_path, overwrite, verbosity):
     """Show one kernel: its weights coloured by sign, sum, separability, origin.
 
     NAME is a kernel name or an inline matrix such as "1 2 1; 2 4 2; 1 2 1".
@@ -60,7 +61,7 @@ def kernels_show(name, kernel_files, max_kernel, as_json, image_path, overwrite)
 
     kernel = runner.load_library(kernel_files, max_kernel).resolve(name)
     if image_path:
-        runner.kernel_picture(kernel, image_path, overwrite=overwrite)
+        runner.kernel_picture(kernel, image_path, overwrite=overwrite, verbosity=verbosity)
         if image_path == "-":
             return
     if as_json:

@@ -29,8 +29,9 @@ from .common import CONTEXT
 @click.option("--overwrite", is_flag=True, help="Let --save replace a kernel of the same name.")
 @common.max_memory
 @common.kernel_files
+@common.verbosity
 def learn(source, target, size_text, per_channel, border, padding, stride, dilation, as_json, save_name, save_to,
-          overwrite, max_memory, kernel_files, max_kernel):
+          overwrite, max_memory, kernel_files, max_kernel, verbosity):
     """Find the kernel that turns INPUT into TARGET (linear least squares).
 
     Prints the kernel on stdout (rows of numbers) and the fit on stderr. Target pixels at 0
@@ -52,7 +53,7 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
         runner.check_save(runner.load_library(kernel_files, max_kernel), save_name, overwrite, save_path)
     fit = learn_(read(source), read(target), shape, common.geometry_of(border, padding, stride, dilation),
                  per_channel=per_channel, max_memory=common.size(max_memory))
-    _print_fit(fit, as_json)
+    _print_fit(fit, as_json, verbosity)
     if not fit.explained:
         warn(f"{target} is not explained by a {shape[0]}x{shape[1]} kernel of {source} "
              f"(relative error {fit.relative_error:.1%} > 2%); try another --size, --padding or --border")
@@ -63,7 +64,8 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
 
         save_kernel(save_path, save_name, _rounded(fit)[0], f"Learned from {Path(source).name} -> {Path(target).name} "
                     f"(relative error {fit.relative_error:.2g}).", overwrite=overwrite, max_kernel=max_kernel)
-        say(f"saved {save_name!r} to {save_path}")
+        if verbosity >= runner.VERBOSE:
+            say(f"saved {save_name!r} to {save_path}")
 
 
 def _size(text):
@@ -81,7 +83,7 @@ def _rounded(fit):
     return [np.round(k, 6) + 0.0 for k in fit.kernels]
 
 
-def _print_fit(fit, as_json):
+def _print_fit(fit, as_json, verbosity):
     clean = _rounded(fit)
     if as_json:
         common.echo_json({"kernels": [k.tolist() for k in clean], "rms": fit.rms, "relative_error": fit.relative_error,
@@ -92,8 +94,9 @@ def _print_fit(fit, as_json):
                 click.echo(f"# channel {i + 1}")
             for row in k:
                 click.echo(" ".join(f"{v:.6g}" for v in row))
-    say(f"fit: rms error {fit.rms:.4g}, relative error {fit.relative_error:.3g} "
-        f"({fit.pixels_used} of {fit.pixels_total} target values used)")
+    if verbosity >= runner.NORMAL:
+        say(f"fit: rms error {fit.rms:.4g}, relative error {fit.relative_error:.3g} "
+            f"({fit.pixels_used} of {fit.pixels_total} target values used)")
 
 
 COMMANDS = [learn]

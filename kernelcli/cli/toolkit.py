@@ -20,7 +20,8 @@ from .common import CONTEXT
 @click.option("--padding", type=click.IntRange(min=0), default=0, show_default=True,
               help="Pixels added on each side (max: ignored; avg: counted as zeros).")
 @common.single_io
-def pool(op, size, stride, padding, source, output, fmt, overwrite, device, max_memory):
+@common.verbosity
+def pool(op, size, stride, padding, source, output, fmt, overwrite, device, max_memory, verbosity):
     """Max or average pooling, as torch.nn.MaxPool2d / AvgPool2d.
 
     \b
@@ -32,13 +33,15 @@ def pool(op, size, stride, padding, source, output, fmt, overwrite, device, max_
 
     fn = functools.partial(op_, op=op, size=size, stride=stride, padding=padding, device=device,
                            max_memory=common.size(max_memory))
-    runner.transform_file(source, output, fn, suffix=f"{op}pool{size}", fmt=fmt, overwrite=overwrite, device=device)
+    runner.transform_file(source, output, fn, suffix=f"{op}pool{size}", fmt=fmt, overwrite=overwrite, device=device,
+                          verbosity=verbosity)
 
 
 @click.command(context_settings=CONTEXT)
 @click.option("--factor", type=click.IntRange(min=1), default=2, show_default=True)
 @common.single_io
-def upsample(factor, source, output, fmt, overwrite, device, max_memory):
+@common.verbosity
+def upsample(factor, source, output, fmt, overwrite, device, max_memory, verbosity):
     """Enlarge by a whole factor with a transposed convolution initialised as a bilinear
     kernel (the FCN technique); equals bilinear interpolation with half-pixel centres.
 
@@ -49,7 +52,8 @@ def upsample(factor, source, output, fmt, overwrite, device, max_memory):
     from ..toolkit import upsample as op_
 
     fn = functools.partial(op_, factor=factor, device=device, max_memory=common.size(max_memory))
-    runner.transform_file(source, output, fn, suffix=f"x{factor}", fmt=fmt, overwrite=overwrite, device=device)
+    runner.transform_file(source, output, fn, suffix=f"x{factor}", fmt=fmt, overwrite=overwrite, device=device,
+                          verbosity=verbosity)
 
 
 @click.command(context_settings=CONTEXT)
@@ -63,8 +67,9 @@ def upsample(factor, source, output, fmt, overwrite, device, max_memory):
               help="For image outputs.")
 @common.kernel_files
 @common.single_io
+@common.verbosity
 def transpose(spec, stride, padding, dilation, map_mode, kernel_files, max_kernel, source, output, fmt, overwrite,
-              device, max_memory):
+              device, max_memory, verbosity):
     """Transposed convolution: each input pixel adds value × kernel into the output, as
     torch.nn.ConvTranspose2d. Output size (n−1)·stride − 2·padding + dilation·(k−1) + 1.
 
@@ -80,7 +85,8 @@ def transpose(spec, stride, padding, dilation, map_mode, kernel_files, max_kerne
 
     fn = functools.partial(op_, weights=kernel.weights, stride=stride, padding=padding, dilation=dilation,
                            device=device, mode=map_mode, max_memory=common.size(max_memory))
-    runner.transform_file(source, output, fn, suffix=f"t-{kernel.name}", fmt=fmt, overwrite=overwrite, device=device)
+    runner.transform_file(source, output, fn, suffix=f"t-{kernel.name}", fmt=fmt, overwrite=overwrite, device=device,
+                          verbosity=verbosity)
 
 
 COMMANDS = [pool, upsample, transpose]
