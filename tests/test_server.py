@@ -224,7 +224,10 @@ def _state(pid: int) -> str:
 
 def test_ctrl_z_stops_the_worker_too_and_both_continue(served, tmp_path):
     _, args = _slow_batch(tmp_path, count=60)
-    proc = subprocess.Popen(CLIENT + args, env=served, stderr=subprocess.PIPE, text=True)
+    # A job of its own, as a shell starts it: a group whose parent (pytest) is in another group of the
+    # session, so Ctrl-Z stops it even where pytest's own group is orphaned (a run started by a shell
+    # that has exited), in which the kernel discards a stop signal's default action.
+    proc = subprocess.Popen(CLIENT + args, env=served, stderr=subprocess.PIPE, text=True, process_group=0)
     try:
         worker = _worker_of(served)
         wait_for(lambda: any((tmp_path / "out").glob("*.png")), 60, "the first output")
