@@ -163,14 +163,21 @@ def interrupt_code(exc: BaseException) -> int:
     return 143 if isinstance(exc, Terminated) else 130
 
 
+_torch_loading: list = []  # the one import thread of this process
+
+
 def warm_torch():
-    """Start importing torch on a thread; returns the thread (done when the import is)."""
+    """Start importing torch on a thread, once per process; returns the thread (alive while the
+    import runs). Where torch is loaded already (a resident server's worker), no thread starts."""
     import importlib
     import threading
 
-    thread = threading.Thread(target=importlib.import_module, args=("torch",), daemon=True)
-    thread.start()
-    return thread
+    if not _torch_loading:
+        thread = threading.Thread(target=importlib.import_module, args=("torch",), daemon=True)
+        if "torch" not in sys.modules:
+            thread.start()
+        _torch_loading.append(thread)
+    return _torch_loading[0]
 
 
 def share_threads(workers: int) -> None:
