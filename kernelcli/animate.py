@@ -69,7 +69,7 @@ class Scene:
     dilation: int
     out: np.ndarray
     numbers: bool
-    title: tuple[str, ...]  # what is animated, with every parameter
+    title: tuple[str, ...]  # what is animated, then its parameters
     captions: tuple[str, str]  # above the input and the output
     formula: tuple[str, ...]  # the output size, as ``kernelcli explain`` writes it
     key: tuple[tuple[str, str], ...]  # (colour name, meaning) for the legend
@@ -205,8 +205,8 @@ def _conv(x, weights, anchor, geo: Geometry, numbers, name, label) -> Scene:
     else:
         pad_text = f"padding {geo.padding}"
     pad_text += f", border {border}" if any((top, bottom, left, right)) and numbers else ""
-    title = (f"conv2d (correlation): {h}x{w} input, {label} kernel, {pad_text}, stride {geo.stride}, "
-             f"dilation {geo.dilation}: {oh}x{ow} output",)
+    title = (f"conv2d (correlation): {h}x{w} input, {label} kernel, {oh}x{ow} output",
+             f"{pad_text}, stride {geo.stride}, dilation {geo.dilation}")
     padded = top + bottom + left + right > 0
     return _scene("conv", x, grid, kinds, weights, (kh, kw), geo.stride, geo.dilation, (oh, ow), numbers, title,
                   (f"input {h}x{w}" + (f", padded to {grid.shape[0]}x{grid.shape[1]}" if padded else ""),
@@ -234,8 +234,8 @@ def _transposed(x, weights, padding, geo: Geometry, numbers, name, label) -> Sce
     kinds = kinds[crop_r:kinds.shape[0] - crop_r, crop_c:kinds.shape[1] - crop_c]
     implied = " and ".join(dict.fromkeys(f"{d}·({k}-1) - {padding} = {a}" for k, a in zip((kh, kw), around)))
     zeros = f"{s - 1} zero{'s' if s != 2 else ''} inserted between input cells (stride - 1)"
-    title = (f"conv_transpose2d: {h}x{w} input, {label} kernel, stride {s}, padding {padding}, dilation {d}: "
-             f"{oh}x{ow} output",
+    title = (f"conv_transpose2d: {h}x{w} input, {label} kernel, {oh}x{ow} output",
+             f"stride {s}, padding {padding}, dilation {d}",
              f"drawn as the equivalent direct convolution (Dumoulin & Visin): {zeros}, implied padding "
              f"dilation·(k-1) - padding = {implied}{' (negative: cropped)' if min(around) < 0 else ''}, "
              "the kernel rotated by 180°, stride 1")
@@ -261,7 +261,7 @@ def _pool(x, op, window, padding, geo: Geometry, numbers, name) -> Scene:
     kinds[padding:padding + h, padding:padding + w] = DATA
     fn = "max_pool2d" if op == "max" else "avg_pool2d"
     pad_text = f"padding {padding} ({'ignored by max' if op == 'max' else 'counted as zeros'})" if padding else "padding 0"
-    title = (f"{fn}: {h}x{w} input, {kh}x{kw} window, stride {s}, {pad_text}: {oh}x{ow} output",)
+    title = (f"{fn}: {h}x{w} input, {kh}x{kw} window, {oh}x{ow} output", f"stride {s}, {pad_text}")
     key = (("pad", "padding (ignored)" if op == "max" else "padding (zeros, counted)"),) if padding else ()
     return _scene(op, x, grid, kinds, None, (kh, kw), s, 1, (oh, ow), numbers, title,
                   (f"input {h}x{w}" + (f", padded to {grid.shape[0]}x{grid.shape[1]}" if padding else ""),
@@ -338,7 +338,7 @@ FILLS = ("card", "data", "pad", "tap", "out")
 INKS = ("ink", "muted", "weight")
 KIND_FILL = {PAD: "pad", DATA: "data", ZERO: "zero"}
 MARGIN, GAP, LINE_GAP = 14, 36, 4
-FONT_PX = {"title": 14, "text": 14, "small": 12, "cell": 12, "weight": 9}
+FONT_PX = {"title": 14, "text": 14, "small": 12, "cell": 12, "weight": 10}
 MIN_TEXT_WIDTH = 520
 # the explain formula's signs that the built-in font lacks, and what the frames write instead
 _DRAWABLE = str.maketrans({"−": "-", "⌊": "floor(", "⌋": ")"})
@@ -397,17 +397,18 @@ def render(scene: Scene, delay: int = DELAY_MS) -> tuple[list[Image.Image], list
     wide = max((fonts["cell"].getlength(t) for t in texts), default=0) if scene.numbers else 0
     if scene.numbers and scene.weights is not None:
         wide = max(wide, max(fonts["weight"].getlength(number(v)) for v in scene.weights.ravel()))
-    cell = max(30, int(wide) + 10) if scene.numbers else 22
+    cell = max(32, int(wide) + 10) if scene.numbers else 22
     hp, wp = scene.grid.shape
     oh, ow = scene.out.shape
     left_w = max(wp * cell, int(fonts["small"].getlength(scene.captions[0])))
     right_w = max(ow * cell, int(fonts["small"].getlength(scene.captions[1])))
     text_w = max(left_w + GAP + right_w, MIN_TEXT_WIDTH)
     line_h = {role: FONT_PX[role] + LINE_GAP for role in FONT_PX}
-    title = [line for t in scene.title for line in _wrap(t, fonts["title"], text_w)]
+    title = _wrap(scene.title[0], fonts["title"], text_w)
+    details = [line for t in scene.title[1:] for line in _wrap(t, fonts["small"], text_w)]
     working = [_wrap(scene.working(i, j), fonts["text"], text_w) for i, j in scene.cells]
     formula = [line for t in scene.formula for line in _wrap(t, fonts["small"], text_w)]
-    y = MARGIN + len(title) * line_h["title"] + 8
+    y = MARGIN + len(title) * line_h["title"] + len(details) * line_h["small"] + 10
     captions_y = y
     y += line_h["small"] + 2
     left, right = (MARGIN, y), (MARGIN + left_w + GAP, y)
@@ -425,6 +426,7 @@ def render(scene: Scene, delay: int = DELAY_MS) -> tuple[list[Image.Image], list
     draw = ImageDraw.Draw(base)
     draw.rectangle((0, 0, layout.size[0] - 1, layout.size[1] - 1), outline=COLOURS["edge"])
     _lines(draw, title, MARGIN, MARGIN, fonts["title"], line_h["title"], "ink")
+    _lines(draw, details, MARGIN, MARGIN + len(title) * line_h["title"], fonts["small"], line_h["small"], "ink")
     draw.text((left[0], captions_y), scene.captions[0], fill=COLOURS["muted"], font=fonts["small"])
     draw.text((right[0], captions_y), scene.captions[1], fill=COLOURS["muted"], font=fonts["small"])
     _lines(draw, formula, MARGIN, formula_y, fonts["small"], line_h["small"], "muted")

@@ -95,7 +95,7 @@ def animate(source, spec, pool, transposed, size_text, border, padding, stride, 
         runner.check_input(source)
     data = _read(source) if source is not None else size
     scene = plan(data, op, weights=weights, window=window, geometry=geometry, anchor=anchor,
-                 name=source if source != "-" else "stdin", kernel_label=label)
+                 name={None: "--size", "-": "stdin"}.get(source, source), kernel_label=label)
     if trace:
         click.echo(trace_text(scene), nl=False)
     if output is not None:
