@@ -33,8 +33,8 @@ from .options import CONSTANT_BORDERS, Geometry, check_geometry, pad_amounts, pa
 from .shapes import check_pool_padding
 
 OPS = ("conv", "transposed", "max", "avg")
-MAX_SIDE = 16  # input rows and columns drawn with their numbers: beyond it they are too small to read
-MAX_DRAWN = 40  # cells a side of the drawn input (padding and inserted zeros included) and of the output
+MAX_SIDE = 16  # rows and columns of the input and of the output: beyond it the numbers are too small to read
+MAX_DRAWN = 32  # cells a side of the drawn input, its padding and inserted zeros included
 DELAY_MS = 800  # each output cell's frame
 HOLD = 3  # the last frame (the whole output) stays HOLD times as long
 FORMATS = ("GIF", "PNG")  # PNG: animated (APNG)
@@ -268,9 +268,10 @@ def _pool(x, op, window, padding, geo: Geometry, numbers, name) -> Scene:
                    f"output {oh}x{ow}"), formula, key)
 
 
-def _check_drawn(height: int, width: int, what: str) -> None:
-    if max(height, width) > MAX_DRAWN:
-        raise UsageError(f"{what} would be {height}x{width} cells; animate draws at most {MAX_DRAWN} a side "
+def _check_drawn(height: int, width: int, what: str, limit: int = MAX_DRAWN) -> None:
+    """Refuse a grid too large to draw readably (and the frames' memory with it)."""
+    if max(height, width) > limit:
+        raise UsageError(f"{what} would be {height}x{width} cells; animate draws at most {limit} a side "
                          "(use less padding, a smaller stride or dilation, or a smaller input)")
 
 
@@ -278,7 +279,7 @@ def _sizes(step: Step, h: int, w: int) -> tuple[tuple[int, int], tuple[str, ...]
     """The output size and its formula, from ``kernelcli explain`` (one formula for both)."""
     row = explain([step], h, w)[0]
     oh, ow, _ = row["output"]
-    _check_drawn(oh, ow, "the output")
+    _check_drawn(oh, ow, "the output", MAX_SIDE)
     fh, fw = row["formula"]["height"], row["formula"]["width"]
     return (oh, ow), ((f"output side: {fh}",) if fh == fw else (f"output height: {fh}", f"output width: {fw}"))
 
@@ -361,11 +362,17 @@ def _palette() -> Image.Image:
 
 @dataclass(frozen=True)
 class _Layout:
-    cell: int
+    """Where everything of a frame goes, in pixels, and its text already wrapped."""
+
+    fonts: dict
+    cell: int  # side of a grid cell
     left: tuple[int, int]  # top-left (x, y) of the input grid
     right: tuple[int, int]  # of the output grid
-    working: int  # y of the working lines
-    size: tuple[int, int]
+    size: tuple[int, int]  # (width, height) of a frame
+    text: tuple  # (lines, x, y, font role, ink) of the text every frame shows
+    key: tuple  # the colour key's lines (:func:`_key_lines`) and their y
+    working: tuple  # each output cell's working, as lines
+    working_y: int
 
     def box(self, origin, r, c):
         x, y = origin[0] + c * self.cell, origin[1] + r * self.cell
@@ -389,70 +396,87 @@ def _wrap(text: str, font, width: int) -> list[str]:
     return lines + [line]
 
 
-def render(scene: Scene, delay: int = DELAY_MS) -> tuple[list[Image.Image], list[int]]:
-    """The frames (palette images, one palette) and their durations in ms: one frame per output
-    cell, row by row, then the whole output held HOLD times as long."""
+def layout(scene: Scene) -> _Layout:
+    """Cells as wide as the widest number; the input grid, then the output grid, under the
+    title and their captions; each cell's working, the formula and the key below."""
     fonts = {role: _font(role) for role in FONT_PX}
-    texts = [number(v) for v in (*scene.grid[np.isfinite(scene.grid)].ravel(), *scene.out.ravel())]
-    wide = max((fonts["cell"].getlength(t) for t in texts), default=0) if scene.numbers else 0
-    if scene.numbers and scene.weights is not None:
-        wide = max(wide, max(fonts["weight"].getlength(number(v)) for v in scene.weights.ravel()))
-    cell = max(32, int(wide) + 10) if scene.numbers else 22
-    hp, wp = scene.grid.shape
-    oh, ow = scene.out.shape
+    step = {role: px + LINE_GAP for role, px in FONT_PX.items()}
+    cell = 22
+    if scene.numbers:
+        texts = [number(v) for v in (*scene.grid[np.isfinite(scene.grid)].ravel(), *scene.out.ravel())]
+        wide = max(fonts["cell"].getlength(t) for t in texts)
+        if scene.weights is not None:
+            wide = max(wide, max(fonts["weight"].getlength(number(v)) for v in scene.weights.ravel()))
+        cell = max(32, int(wide) + 10)
+    (hp, wp), (oh, ow) = scene.grid.shape, scene.out.shape
     left_w = max(wp * cell, int(fonts["small"].getlength(scene.captions[0])))
     right_w = max(ow * cell, int(fonts["small"].getlength(scene.captions[1])))
-    text_w = max(left_w + GAP + right_w, MIN_TEXT_WIDTH)
-    line_h = {role: FONT_PX[role] + LINE_GAP for role in FONT_PX}
-    title = _wrap(scene.title[0], fonts["title"], text_w)
-    details = [line for t in scene.title[1:] for line in _wrap(t, fonts["small"], text_w)]
-    working = [_wrap(scene.working(i, j), fonts["text"], text_w) for i, j in scene.cells]
-    formula = [line for t in scene.formula for line in _wrap(t, fonts["small"], text_w)]
-    y = MARGIN + len(title) * line_h["title"] + len(details) * line_h["small"] + 10
-    captions_y = y
-    y += line_h["small"] + 2
+    width = max(left_w + GAP + right_w, MIN_TEXT_WIDTH)
+    title = _wrap(scene.title[0], fonts["title"], width)
+    details = [line for t in scene.title[1:] for line in _wrap(t, fonts["small"], width)]
+    y = MARGIN + len(title) * step["title"] + len(details) * step["small"] + 10
+    captions = [([scene.captions[0]], MARGIN, y, "small", "muted"),
+                ([scene.captions[1]], MARGIN + left_w + GAP, y, "small", "muted")]
+    y += step["small"] + 2
     left, right = (MARGIN, y), (MARGIN + left_w + GAP, y)
     y += max(hp, oh) * cell + 12
+    working = tuple(_wrap(scene.working(i, j), fonts["text"], width) for i, j in scene.cells)
     working_y = y
-    y += max(len(w) for w in working) * line_h["text"] + 8
-    formula_y = y
-    y += len(formula) * line_h["small"] + 4
-    key = _key_lines(scene.key, fonts["small"], text_w)
-    key_y = y
-    y += len(key) * line_h["small"] + MARGIN
-    layout = _Layout(cell, left, right, working_y, (text_w + 2 * MARGIN, y))
+    y += max(len(w) for w in working) * step["text"] + 8
+    formula = [line for t in scene.formula for line in _wrap(t, fonts["small"], width)]
+    text = ((title, MARGIN, MARGIN, "title", "ink"),
+            (details, MARGIN, MARGIN + len(title) * step["title"], "small", "ink"), *captions,
+            (formula, MARGIN, y, "small", "muted"))
+    y += len(formula) * step["small"] + 4
+    key = _key_lines(scene.key, fonts["small"], width)
+    return _Layout(fonts, cell, left, right, (width + 2 * MARGIN, y + len(key) * step["small"] + MARGIN), text,
+                   (key, y), working, working_y)
 
-    base = Image.new("RGB", layout.size, COLOURS["card"])
-    draw = ImageDraw.Draw(base)
-    draw.rectangle((0, 0, layout.size[0] - 1, layout.size[1] - 1), outline=COLOURS["edge"])
-    _lines(draw, title, MARGIN, MARGIN, fonts["title"], line_h["title"], "ink")
-    _lines(draw, details, MARGIN, MARGIN + len(title) * line_h["title"], fonts["small"], line_h["small"], "ink")
-    draw.text((left[0], captions_y), scene.captions[0], fill=COLOURS["muted"], font=fonts["small"])
-    draw.text((right[0], captions_y), scene.captions[1], fill=COLOURS["muted"], font=fonts["small"])
-    _lines(draw, formula, MARGIN, formula_y, fonts["small"], line_h["small"], "muted")
-    _key(draw, key, key_y, fonts["small"], line_h["small"])
-    for r in range(hp):
-        for c in range(wp):
-            _input_cell(draw, scene, layout, fonts, r, c, KIND_FILL[scene.kinds[r, c]])
-    _input_edge(draw, scene, layout)
-    for i in range(oh):
-        for j in range(ow):
-            draw.rectangle(layout.box(right, i, j), fill=COLOURS["empty"], outline=COLOURS["line"])
 
+def memory_estimate(scene: Scene, frame: _Layout) -> int:
+    """Bytes an animation holds at its peak: every frame (a byte a pixel) and the GIF or APNG
+    writer's copy of each until it writes; drawing takes a few RGB images more."""
+    width, height = frame.size
+    return width * height * (2 * (len(scene.cells) + 1) + 12)
+
+
+def durations(scene: Scene, delay: int = DELAY_MS) -> list[int]:
+    """Each frame's time in ms: ``delay`` for each output cell, HOLD times that for the last."""
+    return [delay] * len(scene.cells) + [delay * HOLD]
+
+
+def frames(scene: Scene, frame: _Layout):
+    """The pictures, drawn one at a time: one for each output cell, row by row, then the whole
+    output. Palette images, all with one palette."""
+    fonts = frame.fonts
+    done = Image.new("RGB", frame.size, COLOURS["card"])
+    draw = ImageDraw.Draw(done)
+    draw.rectangle((0, 0, frame.size[0] - 1, frame.size[1] - 1), outline=COLOURS["edge"])
+    for lines, x, y, role, ink in frame.text:
+        _lines(draw, lines, x, y, fonts[role], FONT_PX[role] + LINE_GAP, ink)
+    _key(draw, *frame.key, fonts["small"], FONT_PX["small"] + LINE_GAP)
+    for (r, c), kind in np.ndenumerate(scene.kinds):
+        _input_cell(draw, scene, frame, r, c, KIND_FILL[kind])
+    _input_edge(draw, scene, frame)
+    for i, j in scene.cells:
+        draw.rectangle(frame.box(frame.right, i, j), fill=COLOURS["empty"], outline=COLOURS["line"])
     palette = _palette()
-    frames, done = [], base
     for k, (i, j) in enumerate(scene.cells):
-        if k:
-            _output_cell(ImageDraw.Draw(done), scene, layout, fonts, *scene.cells[k - 1], "out")
-        frame = done.copy()
-        draw = ImageDraw.Draw(frame)
-        _window(draw, scene, layout, fonts, i, j)
-        _output_cell(draw, scene, layout, fonts, i, j, "tap", outline="window")
-        _lines(draw, working[k], MARGIN, working_y, fonts["text"], line_h["text"], "ink")
-        frames.append(frame.quantize(palette=palette, dither=Image.Dither.NONE))
-    _output_cell(ImageDraw.Draw(done), scene, layout, fonts, *scene.cells[-1], "out")
-    frames.append(done.quantize(palette=palette, dither=Image.Dither.NONE))
-    return frames, [delay] * (len(frames) - 1) + [delay * HOLD]
+        if k:  # the previous cell, done
+            _output_cell(draw, scene, frame, *scene.cells[k - 1], "out")
+        picture = done.copy()
+        on = ImageDraw.Draw(picture)
+        _window(on, scene, frame, i, j)
+        _output_cell(on, scene, frame, i, j, "tap", outline="window")
+        _lines(on, frame.working[k], MARGIN, frame.working_y, fonts["text"], FONT_PX["text"] + LINE_GAP, "ink")
+        yield picture.quantize(palette=palette, dither=Image.Dither.NONE)
+    _output_cell(draw, scene, frame, *scene.cells[-1], "out")
+    yield done.quantize(palette=palette, dither=Image.Dither.NONE)
+
+
+def render(scene: Scene, delay: int = DELAY_MS) -> tuple[list[Image.Image], list[int]]:
+    """All the pictures of :func:`frames` and their :func:`durations`."""
+    return list(frames(scene, layout(scene))), durations(scene, delay)
 
 
 def _lines(draw, lines, x, y, font, step, ink) -> None:
@@ -484,7 +508,8 @@ def _key(draw, lines, y, font, step) -> None:
             draw.text((x + SWATCH, top), meaning, fill=COLOURS["muted"], font=font)
 
 
-def _input_cell(draw, scene, layout, fonts, r, c, fill, weight=None) -> None:
+def _input_cell(draw, scene, layout, r, c, fill, weight=None) -> None:
+    fonts = layout.fonts
     box = layout.box(layout.left, r, c)
     draw.rectangle(box, fill=COLOURS[fill], outline=COLOURS["line"])
     value = scene.grid[r, c]
@@ -507,12 +532,12 @@ def _input_edge(draw, scene, layout) -> None:
         draw.rectangle((x0, y0, x1, y1), outline=COLOURS["input"], width=2)
 
 
-def _window(draw, scene, layout, fonts, i, j) -> None:
+def _window(draw, scene, layout, i, j) -> None:
     """The window of output cell (i, j): its cells (with the weights), its outline, and the max."""
     taps = scene.taps(i, j)
     weights = scene.weights.ravel() if scene.weights is not None else [None] * len(taps)
     for (r, c), w in zip(taps, weights):
-        _input_cell(draw, scene, layout, fonts, r, c, "tap", w if scene.numbers else None)
+        _input_cell(draw, scene, layout, r, c, "tap", w if scene.numbers else None)
     if scene.op == "max":
         best = max((t for t in taps if scene.kinds[t] != PAD), key=lambda t: scene.grid[t])
         draw.rectangle(layout.box(layout.left, *best), outline=COLOURS["ink"], width=2)
@@ -522,7 +547,7 @@ def _window(draw, scene, layout, fonts, i, j) -> None:
     draw.rectangle((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline=COLOURS["window"], width=3)
 
 
-def _output_cell(draw, scene, layout, fonts, i, j, fill, outline="line") -> None:
+def _output_cell(draw, scene, layout, i, j, fill, outline="line") -> None:
     box = layout.box(layout.right, i, j)
     if outline == "line":
         draw.rectangle(box, fill=COLOURS[fill], outline=COLOURS["line"])
@@ -531,16 +556,24 @@ def _output_cell(draw, scene, layout, fonts, i, j, fill, outline="line") -> None
                        outline=COLOURS[outline], width=3)
     if scene.numbers:
         draw.text(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), number(scene.out[i, j]), fill=COLOURS["ink"],
-                  font=fonts["cell"], anchor="mm")
+                  font=layout.fonts["cell"], anchor="mm")
 
 
-def encode(scene: Scene, fmt: str = "GIF", delay: int = DELAY_MS) -> bytes:
-    """The animation as GIF or APNG (``fmt`` "PNG") bytes, looping; the same bytes on every run."""
+def encode(scene: Scene, fmt: str = "GIF", delay: int = DELAY_MS, *, max_memory: int | None = None) -> bytes:
+    """The animation as GIF or APNG (``fmt`` "PNG") bytes, looping; the same bytes on every run.
+    Refused beyond ``max_memory`` (None: half of the available memory; kernelcli.budget)."""
+    from . import budget
+
     if fmt not in FORMATS:
         raise UsageError(f"animations are written as GIF or PNG (APNG), not {fmt}")
-    frames, durations = render(scene, delay)
+    frame = layout(scene)
+    width, height = frame.size
+    budget.check(memory_estimate(scene, frame), max_memory,
+                 f"an animation of {len(scene.cells) + 1} frames of {width}x{height} pixels")
+    first, *others = frames(scene, frame)  # a list: the APNG writer reads it twice
     buf = io.BytesIO()
     # GIF: pixels that did not change are left transparent (the frames decode exactly as drawn)
     options = {"optimize": True} if fmt == "GIF" else {}
-    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=durations, loop=0, **options)
+    first.save(buf, format=fmt, save_all=True, append_images=others, duration=durations(scene, delay), loop=0,
+               **options)
     return buf.getvalue()

@@ -316,10 +316,13 @@ def test_the_command_computes_without_torch():
     (lambda p: None, ["--size", "17x4", "-k", "1"],
      "--size: 17x4 is larger than animate draws (1x1 to 16x16, so that every number stays readable)"),
     (lambda p: write_csv(p / "x.csv", np.zeros((16, 16))), ["-k", "1 2; 3 4", "--transposed", "--stride", "3"],
-     "the input with zeros inserted and padded would be 48x48 cells; animate draws at most 40 a side "
+     "the input with zeros inserted and padded would be 48x48 cells; animate draws at most 32 a side "
+     "(use less padding, a smaller stride or dilation, or a smaller input)"),
+    (lambda p: write_csv(p / "x.csv", np.zeros((10, 9))), ["-k", "1 2; 3 4", "--transposed", "--stride", "2"],
+     "the output would be 20x18 cells; animate draws at most 16 a side "
      "(use less padding, a smaller stride or dilation, or a smaller input)"),
     (lambda p: write_csv(p / "x.csv", np.zeros((4, 4))), ["-k", "1", "--padding", "30"],
-     "the padded input would be 64x64 cells; animate draws at most 40 a side "
+     "the padded input would be 64x64 cells; animate draws at most 32 a side "
      "(use less padding, a smaller stride or dilation, or a smaller input)"),
 ])
 def test_inputs_too_large_to_draw_are_refused_in_one_line(tmp_path, monkeypatch, make, args, message):
@@ -375,6 +378,16 @@ def test_requests_that_cannot_be_drawn_are_refused_before_any_work(tmp_path, mon
         return
     assert (result.exit_code, result.stderr, result.stdout) == (2, f"kernelcli: error: {message}\n", "")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["IN"]
+
+
+def test_an_animation_over_the_memory_budget_is_refused_before_it_is_drawn(tmp_path):
+    out = tmp_path / "a.gif"
+    result = run("animate", "-k", "1", "--size", "16", "-o", out, "--max-memory", "10M")
+    assert result.exit_code == 2
+    assert re.fullmatch(r"kernelcli: error: an animation of 257 frames of \d+x\d+ pixels would need about "
+                        r"\d+\.\d MiB of memory, over the budget of 10\.0 MiB \(--max-memory raises it; "
+                        r"the default is half of the available memory\)\n", result.stderr), result.stderr
+    assert not out.exists()
 
 
 def test_colour_input_is_refused(tmp_path):

@@ -32,13 +32,14 @@ INPUT_BYTES = 1 << 20  # an input of at most 16x16 numbers is far smaller; anyth
               help="Format for stdout  [default: gif].")
 @click.option("--delay", default=800, show_default=True, type=click.IntRange(20, 10_000), metavar="MS",
               help="Milliseconds per frame; the last frame (the whole output) stays 3 times as long.")
-@click.option("--trace", is_flag=True, help="Print a tab-separated line per frame to stdout: output row, output "
-              "column, the window's top row and left column in the padded input, the value.")
+@click.option("--trace", is_flag=True, help="Print a tab-separated line per output cell (frame) to stdout: output "
+              "row, output column, the window's top row and left column in the padded input, the value.")
 @common.overwrite
+@common.max_memory
 @common.kernel_files
 @common.verbosity
 def animate(source, spec, pool, transposed, size_text, border, padding, stride, dilation, convolve, output, fmt,
-            delay, trace, overwrite, kernel_files, max_kernel, verbosity):
+            delay, trace, overwrite, max_memory, kernel_files, max_kernel, verbosity):
     """Draw, frame by frame, a kernel sliding over a small grid of numbers: the padding,
     the kernel's footprint with its weights, the products and their sum, and the output
     filling in. One frame per output cell, then the whole output held.
@@ -71,6 +72,7 @@ def animate(source, spec, pool, transposed, size_text, border, padding, stride, 
         if out_fmt not in ("GIF", "PNG"):
             raise UsageError(f"{output}: animations are written as .gif or .png (APNG)")
     size = _size(size_text) if size_text else None
+    budget = common.size(max_memory)
     weights = anchor = label = None
     if spec is not None:
         from ..kernels import is_inline_spec
@@ -99,7 +101,8 @@ def animate(source, spec, pool, transposed, size_text, border, padding, stride, 
     if trace:
         click.echo(trace_text(scene), nl=False)
     if output is not None:
-        runner.emit(output, encode(scene, out_fmt, delay), overwrite, f" ({len(scene.cells) + 1} frames)", verbosity)
+        data = encode(scene, out_fmt, delay, max_memory=budget)
+        runner.emit(output, data, overwrite, f" ({len(scene.cells) + 1} frames)", verbosity)
 
 
 def _check_request(source, spec, pool, transposed, size_text, convolve, output, trace, border_given) -> None:
