@@ -135,8 +135,8 @@ def exact(v: float) -> str:
 
 
 def plan(source, op: str = "conv", *, weights=None, window: tuple[int, int] | None = None,
-         geometry: Geometry = Geometry(), anchor: tuple[int, int] | None = None, name: str = "input",
-         kernel_label: str | None = None) -> Scene:
+         geometry: Geometry = Geometry(), anchor: tuple[int, int] | None = None, flipped: bool = False,
+         name: str = "input", kernel_label: str | None = None) -> Scene:
     """The scene of ``op`` over ``source``: an (H, W) array of numbers, or an (H, W) size for
     a diagram without numbers.
 
@@ -144,8 +144,9 @@ def plan(source, op: str = "conv", *, weights=None, window: tuple[int, int] | No
     (kh, kw). ``geometry`` gives padding, stride and dilation (and for ``conv`` the border);
     transposed convolution and pooling take a whole-number padding (``valid`` is 0), as
     ``kernelcli transpose`` and ``kernelcli pool`` do. ``anchor``: the weight on the output
-    cell under ``padding='same'`` (default the centre, or up-left of it). ``name`` names the
-    input in messages; ``kernel_label`` names the kernel in the title.
+    cell under ``padding='same'`` (default the centre, or up-left of it); ``flipped``: the weights
+    are a kernel rotated for true convolution (the title says so). ``name`` names the input in
+    messages; ``kernel_label`` names the kernel in the title.
     """
     if op not in OPS:
         raise UsageError(f"unknown operation {op!r}; choose one of {', '.join(OPS)}")
@@ -170,11 +171,11 @@ def plan(source, op: str = "conv", *, weights=None, window: tuple[int, int] | No
         kh, kw = window or (2, 2)
     label = kernel_label or f"{kh}x{kw}"
     if op == "conv":
-        return _conv(x, weights, anchor, geometry, numbers, name, label)
+        return _conv(x, weights, anchor, geometry, numbers, label, flipped)
     padding = _whole_padding(geometry.padding, "a transposed convolution" if op == "transposed" else "pooling")
     if op == "transposed":
-        return _transposed(x, weights, padding, geometry, numbers, name, label)
-    return _pool(x, op, (kh, kw), padding, geometry, numbers, name)
+        return _transposed(x, weights, padding, geometry, numbers, label)
+    return _pool(x, op, (kh, kw), padding, geometry, numbers)
 
 
 def _whole_padding(padding, what: str) -> int:
@@ -184,7 +185,7 @@ def _whole_padding(padding, what: str) -> int:
     return 0 if padding == "valid" else padding
 
 
-def _conv(x, weights, anchor, geo: Geometry, numbers, name, label) -> Scene:
+def _conv(x, weights, anchor, geo: Geometry, numbers, label, flipped) -> Scene:
     (h, w), (kh, kw) = x.shape, weights.shape
     anchor = ((kh - 1) // 2, (kw - 1) // 2) if anchor is None else anchor
     top, bottom, left, right = pad_amounts((kh, kw), anchor, geo)
@@ -205,7 +206,8 @@ def _conv(x, weights, anchor, geo: Geometry, numbers, name, label) -> Scene:
     else:
         pad_text = f"padding {geo.padding}"
     pad_text += f", border {border}" if any((top, bottom, left, right)) and numbers else ""
-    title = (f"conv2d (correlation): {h}x{w} input, {label} kernel, {oh}x{ow} output",
+    how = "true convolution, the kernel flipped" if flipped else "correlation"
+    title = (f"conv2d ({how}): {h}x{w} input, {label} kernel, {oh}x{ow} output",
              f"{pad_text}, stride {geo.stride}, dilation {geo.dilation}")
     padded = top + bottom + left + right > 0
     return _scene("conv", x, grid, kinds, weights, (kh, kw), geo.stride, geo.dilation, (oh, ow), numbers, title,
@@ -214,7 +216,7 @@ def _conv(x, weights, anchor, geo: Geometry, numbers, name, label) -> Scene:
                   (("pad", f"padding ({border})" if numbers else "padding"),) if padded else ())
 
 
-def _transposed(x, weights, padding, geo: Geometry, numbers, name, label) -> Scene:
+def _transposed(x, weights, padding, geo: Geometry, numbers, label) -> Scene:
     (h, w), (kh, kw) = x.shape, weights.shape
     s, d = geo.stride, geo.dilation
     for what, value in (("stride", s), ("padding", padding), ("dilation", d)):
@@ -246,7 +248,7 @@ def _transposed(x, weights, padding, geo: Geometry, numbers, name, label) -> Sce
                   formula, key)
 
 
-def _pool(x, op, window, padding, geo: Geometry, numbers, name) -> Scene:
+def _pool(x, op, window, padding, geo: Geometry, numbers) -> Scene:
     (h, w), (kh, kw), s = x.shape, window, geo.stride
     if geo.dilation != 1:
         raise UsageError("pooling takes no dilation (as kernelcli pool)")
@@ -433,10 +435,10 @@ def layout(scene: Scene) -> _Layout:
                    (key, y), working, working_y)
 
 
-def memory_estimate(scene: Scene, frame: _Layout) -> int:
+def memory_estimate(scene: Scene, lay: _Layout) -> int:
     """Bytes an animation holds at its peak: every frame (a byte a pixel) and the GIF or APNG
     writer's copy of each until it writes; drawing takes a few RGB images more."""
-    width, height = frame.size
+    width, height = lay.size
     return width * height * (2 * (len(scene.cells) + 1) + 12)
 
 
@@ -445,32 +447,32 @@ def durations(scene: Scene, delay: int = DELAY_MS) -> list[int]:
     return [delay] * len(scene.cells) + [delay * HOLD]
 
 
-def frames(scene: Scene, frame: _Layout):
+def frames(scene: Scene, lay: _Layout):
     """The pictures, drawn one at a time: one for each output cell, row by row, then the whole
     output. Palette images, all with one palette."""
-    fonts = frame.fonts
-    done = Image.new("RGB", frame.size, COLOURS["card"])
+    fonts = lay.fonts
+    done = Image.new("RGB", lay.size, COLOURS["card"])
     draw = ImageDraw.Draw(done)
-    draw.rectangle((0, 0, frame.size[0] - 1, frame.size[1] - 1), outline=COLOURS["edge"])
-    for lines, x, y, role, ink in frame.text:
+    draw.rectangle((0, 0, lay.size[0] - 1, lay.size[1] - 1), outline=COLOURS["edge"])
+    for lines, x, y, role, ink in lay.text:
         _lines(draw, lines, x, y, fonts[role], FONT_PX[role] + LINE_GAP, ink)
-    _key(draw, *frame.key, fonts["small"], FONT_PX["small"] + LINE_GAP)
+    _key(draw, *lay.key, fonts["small"], FONT_PX["small"] + LINE_GAP)
     for (r, c), kind in np.ndenumerate(scene.kinds):
-        _input_cell(draw, scene, frame, r, c, KIND_FILL[kind])
-    _input_edge(draw, scene, frame)
+        _input_cell(draw, scene, lay, r, c, KIND_FILL[kind])
+    _input_edge(draw, scene, lay)
     for i, j in scene.cells:
-        draw.rectangle(frame.box(frame.right, i, j), fill=COLOURS["empty"], outline=COLOURS["line"])
+        draw.rectangle(lay.box(lay.right, i, j), fill=COLOURS["empty"], outline=COLOURS["line"])
     palette = _palette()
     for k, (i, j) in enumerate(scene.cells):
         if k:  # the previous cell, done
-            _output_cell(draw, scene, frame, *scene.cells[k - 1], "out")
+            _output_cell(draw, scene, lay, *scene.cells[k - 1], "out")
         picture = done.copy()
         on = ImageDraw.Draw(picture)
-        _window(on, scene, frame, i, j)
-        _output_cell(on, scene, frame, i, j, "tap", outline="window")
-        _lines(on, frame.working[k], MARGIN, frame.working_y, fonts["text"], FONT_PX["text"] + LINE_GAP, "ink")
+        _window(on, scene, lay, i, j)
+        _output_cell(on, scene, lay, i, j, "tap", outline="window")
+        _lines(on, lay.working[k], MARGIN, lay.working_y, fonts["text"], FONT_PX["text"] + LINE_GAP, "ink")
         yield picture.quantize(palette=palette, dither=Image.Dither.NONE)
-    _output_cell(draw, scene, frame, *scene.cells[-1], "out")
+    _output_cell(draw, scene, lay, *scene.cells[-1], "out")
     yield done.quantize(palette=palette, dither=Image.Dither.NONE)
 
 
@@ -508,9 +510,9 @@ def _key(draw, lines, y, font, step) -> None:
             draw.text((x + SWATCH, top), meaning, fill=COLOURS["muted"], font=font)
 
 
-def _input_cell(draw, scene, layout, r, c, fill, weight=None) -> None:
-    fonts = layout.fonts
-    box = layout.box(layout.left, r, c)
+def _input_cell(draw, scene, lay, r, c, fill, weight=None) -> None:
+    fonts = lay.fonts
+    box = lay.box(lay.left, r, c)
     draw.rectangle(box, fill=COLOURS[fill], outline=COLOURS["line"])
     value = scene.grid[r, c]
     if not scene.numbers or not np.isfinite(value):
@@ -523,32 +525,32 @@ def _input_cell(draw, scene, layout, r, c, fill, weight=None) -> None:
         draw.text((box[2] - 3, box[3] - 2), number(weight), fill=COLOURS["weight"], font=fonts["weight"], anchor="rd")
 
 
-def _input_edge(draw, scene, layout) -> None:
+def _input_edge(draw, scene, lay) -> None:
     """A line around the input (with its inserted zeros), apart from the padding."""
     rows, cols = np.nonzero(scene.kinds != PAD)
     if rows.size and (scene.kinds == PAD).any():
-        x0, y0, _, _ = layout.box(layout.left, rows.min(), cols.min())
-        _, _, x1, y1 = layout.box(layout.left, rows.max(), cols.max())
+        x0, y0, _, _ = lay.box(lay.left, rows.min(), cols.min())
+        _, _, x1, y1 = lay.box(lay.left, rows.max(), cols.max())
         draw.rectangle((x0, y0, x1, y1), outline=COLOURS["input"], width=2)
 
 
-def _window(draw, scene, layout, i, j) -> None:
+def _window(draw, scene, lay, i, j) -> None:
     """The window of output cell (i, j): its cells (with the weights), its outline, and the max."""
     taps = scene.taps(i, j)
     weights = scene.weights.ravel() if scene.weights is not None else [None] * len(taps)
     for (r, c), w in zip(taps, weights):
-        _input_cell(draw, scene, layout, r, c, "tap", w if scene.numbers else None)
+        _input_cell(draw, scene, lay, r, c, "tap", w if scene.numbers else None)
     if scene.op == "max":
         best = max((t for t in taps if scene.kinds[t] != PAD), key=lambda t: scene.grid[t])
-        draw.rectangle(layout.box(layout.left, *best), outline=COLOURS["ink"], width=2)
+        draw.rectangle(lay.box(lay.left, *best), outline=COLOURS["ink"], width=2)
     (r0, c0), (r1, c1) = taps[0], taps[-1]
-    x0, y0, _, _ = layout.box(layout.left, r0, c0)
-    _, _, x1, y1 = layout.box(layout.left, r1, c1)
+    x0, y0, _, _ = lay.box(lay.left, r0, c0)
+    _, _, x1, y1 = lay.box(lay.left, r1, c1)
     draw.rectangle((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline=COLOURS["window"], width=3)
 
 
-def _output_cell(draw, scene, layout, i, j, fill, outline="line") -> None:
-    box = layout.box(layout.right, i, j)
+def _output_cell(draw, scene, lay, i, j, fill, outline="line") -> None:
+    box = lay.box(lay.right, i, j)
     if outline == "line":
         draw.rectangle(box, fill=COLOURS[fill], outline=COLOURS["line"])
     else:
@@ -556,7 +558,7 @@ def _output_cell(draw, scene, layout, i, j, fill, outline="line") -> None:
                        outline=COLOURS[outline], width=3)
     if scene.numbers:
         draw.text(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), number(scene.out[i, j]), fill=COLOURS["ink"],
-                  font=layout.fonts["cell"], anchor="mm")
+                  font=lay.fonts["cell"], anchor="mm")
 
 
 def encode(scene: Scene, fmt: str = "GIF", delay: int = DELAY_MS, *, max_memory: int | None = None) -> bytes:
@@ -566,11 +568,11 @@ def encode(scene: Scene, fmt: str = "GIF", delay: int = DELAY_MS, *, max_memory:
 
     if fmt not in FORMATS:
         raise UsageError(f"animations are written as GIF or PNG (APNG), not {fmt}")
-    frame = layout(scene)
-    width, height = frame.size
-    budget.check(memory_estimate(scene, frame), max_memory,
+    lay = layout(scene)
+    width, height = lay.size
+    budget.check(memory_estimate(scene, lay), max_memory,
                  f"an animation of {len(scene.cells) + 1} frames of {width}x{height} pixels")
-    first, *others = frames(scene, frame)  # a list: the APNG writer reads it twice
+    first, *others = frames(scene, lay)  # a list: the APNG writer reads it twice
     buf = io.BytesIO()
     # GIF: pixels that did not change are left transparent (the frames decode exactly as drawn)
     options = {"optimize": True} if fmt == "GIF" else {}

@@ -228,6 +228,9 @@ def test_the_legend_gives_explains_formula_and_the_parameters(tmp_path):
     assert scene.formula == (f"output side: {formula['height']}",)
     assert scene.title == ("conv2d (correlation): 5x5 input, 3x3 kernel, 3x3 output",
                            "padding 1, border zeros, stride 2, dilation 1")
+    flipped = plan(np.zeros((2, 2)), weights=np.ones((1, 2)), geometry=Geometry(padding="valid"), flipped=True)
+    assert flipped.title == ("conv2d (true convolution, the kernel flipped): 2x2 input, 1x2 kernel, 2x1 output",
+                             "padding valid, stride 1, dilation 1")
 
 
 # --------------------------------------------------------------------------- the files

@@ -82,8 +82,7 @@ def animate(source, spec, pool, transposed, size_text, border, padding, stride, 
             raise UsageError(f"kernel {kernel.name!r} is {kernel.kind}; animate takes a plain matrix")
         kernel = kernel.flipped() if convolve else kernel
         weights, anchor = kernel.weights, kernel.anchor
-        label = "x".join(map(str, kernel.shape)) + ("" if is_inline_spec(spec) else f" {kernel.name}") + \
-            (" (flipped: true convolution)" if convolve else "")
+        label = "x".join(map(str, kernel.shape)) + ("" if is_inline_spec(spec) else f" {kernel.name}")
     window = None
     if pool:
         window = size or (2, 2)
@@ -96,7 +95,7 @@ def animate(source, spec, pool, transposed, size_text, border, padding, stride, 
     if source is not None:
         runner.check_input(source)
     data = _read(source) if source is not None else size
-    scene = plan(data, op, weights=weights, window=window, geometry=geometry, anchor=anchor,
+    scene = plan(data, op, weights=weights, window=window, geometry=geometry, anchor=anchor, flipped=convolve,
                  name={None: "--size", "-": "stdin"}.get(source, source), kernel_label=label)
     if trace:
         click.echo(trace_text(scene), nl=False)
