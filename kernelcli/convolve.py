@@ -16,31 +16,10 @@ import torch.nn.functional as F
 from .errors import DeviceError, ImageError, UsageError
 from . import engine
 from .engine import DIRECT_MAX_TAPS, METHODS, TILE_BYTES, choose_method  # noqa: F401 (their old home)
-from .options import CONSTANT_BORDERS, Geometry, pad_amounts
+from .options import CONSTANT_BORDERS, Geometry, border_index, pad_amounts, padded_axis  # noqa: F401 (border_index's old home)
 from .shapes import output_size
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
-
-
-def border_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
-    """Source index for each position of a padded axis of length n + before + after.
-
-    Works for any pad size, also pads larger than the image (unlike torch's reflect).
-    """
-    i = np.arange(-before, n + after)
-    if mode == "replicate":
-        return np.clip(i, 0, n - 1)
-    if mode == "circular":
-        return np.mod(i, n)
-    if mode == "symmetric":  # c b a | a b c d | d c b
-        m = np.mod(i, 2 * n)
-        return np.where(m >= n, 2 * n - 1 - m, m)
-    if mode == "reflect":  # d c b | a b c d | c b a
-        if n == 1:
-            return np.zeros_like(i)
-        m = np.mod(i, 2 * n - 2)
-        return np.where(m >= n, 2 * n - 2 - m, m)
-    raise ValueError(mode)
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -51,16 +30,6 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(array)
-
-
-def padded_axis(n: int, before: int, after: int, geo: Geometry) -> tuple[np.ndarray, np.ndarray | None]:
-    """(source index, outside) for each position of an axis of length n padded by ``before``
-    and ``after``: the border mode's index (:func:`border_index`), and for the constant
-    borders the positions outside the image, which take ``geo.border_value`` (None for others)."""
-    if geo.border not in CONSTANT_BORDERS:
-        return border_index(n, before, after, geo.border), None
-    i = np.arange(-before, n + after)
-    return np.clip(i, 0, n - 1), (i < 0) | (i >= n)
 
 
 def gather(x: torch.Tensor, rows, cols, value: float, *, axes: tuple[int, int] = (-2, -1),

@@ -1,6 +1,6 @@
-"""How kernels are applied, as plain data: geometry (borders, padding, stride, dilation)
-and value options. No torch here, so the command line checks every option before torch
-is imported.
+"""How kernels are applied, as plain data: geometry (borders, padding, stride, dilation),
+the border index arithmetic, and value options. No torch here (numpy only inside the border
+functions), so the command line checks every option before torch or numpy is imported.
 """
 
 from __future__ import annotations
@@ -75,6 +75,41 @@ def pad_amounts(shape: tuple[int, int], anchor: tuple[int, int], geo: Geometry) 
         return d * ar, d * (kh - 1 - ar), d * ac, d * (kw - 1 - ac)
     p = 0 if geo.padding == "valid" else geo.padding
     return p, p, p, p
+
+
+def border_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """Source index for each position of a padded axis of length n + before + after.
+
+    Works for any pad size, also pads larger than the image (unlike torch's reflect).
+    """
+    import numpy as np  # here, not above: the command line imports this module and must start fast
+
+    i = np.arange(-before, n + after)
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1)
+    if mode == "circular":
+        return np.mod(i, n)
+    if mode == "symmetric":  # c b a | a b c d | d c b
+        m = np.mod(i, 2 * n)
+        return np.where(m >= n, 2 * n - 1 - m, m)
+    if mode == "reflect":  # d c b | a b c d | c b a
+        if n == 1:
+            return np.zeros_like(i)
+        m = np.mod(i, 2 * n - 2)
+        return np.where(m >= n, 2 * n - 2 - m, m)
+    raise ValueError(mode)
+
+
+def padded_axis(n: int, before: int, after: int, geo: Geometry) -> tuple[np.ndarray, np.ndarray | None]:
+    """(source index, outside) for each position of an axis of length n padded by ``before``
+    and ``after``: the border mode's index (:func:`border_index`), and for the constant
+    borders the positions outside the image, which take ``geo.border_value`` (None for others)."""
+    import numpy as np
+
+    if geo.border not in CONSTANT_BORDERS:
+        return border_index(n, before, after, geo.border), None
+    i = np.arange(-before, n + after)
+    return np.clip(i, 0, n - 1), (i < 0) | (i >= n)
 
 
 def check_geometry(name: str, value) -> None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import budget
 from .convolve import Geometry, as_tensor, pad, pad_amounts, resolve_device
-from .shapes import output_size, transposed_size
+from .shapes import check_pool_padding, output_size, transposed_size
 from .errors import UsageError
 from .images import Raster
 from .kernel import DEFAULT_MAP
@@ -53,8 +53,7 @@ def pool(raster: Raster, op: str, size: int, stride: int | None = None, padding:
     for name, value in (("pool size", size), ("stride", stride), ("padding", padding)):
         check_geometry(name, value)
     stride = stride or size
-    if padding > size // 2:
-        raise UsageError(f"pool padding {padding} must be at most half the window ({size // 2})")
+    check_pool_padding(padding, size)
     h, w = raster.size
     oh, ow = output_size(h, size, 2 * padding, stride), output_size(w, size, 2 * padding, stride)
     if oh < 1 or ow < 1:

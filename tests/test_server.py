@@ -120,6 +120,11 @@ CASES = {
     "missing input": (["apply", "-k", "blur", "nowhere.png"], None, {}),
     "empty stdin": (["apply", "-k", "blur", "-", "-o", "-"], "/dev/null", {}),
     "explain table": (["explain", "--size", "32x32x3", "-s", "sharpen", "-s", "pool 2"], None, {}),
+    "animate to stdout": (["animate", "-k", "0 1; 2 3", str(SAMPLES / "example-3x3.csv"), "-o", "-"], None, {}),
+    "animate trace from stdin": (["animate", "-k", "0 1; 2 3", "--transposed", "-", "--trace"],
+                                 str(SAMPLES / "example-2x2.csv"), {}),
+    "animate APNG to a file": (["animate", "--pool", "max", str(SAMPLES / "example-5x5.csv"), "-o", "pool.png"], None,
+                               {}),
 }
 
 

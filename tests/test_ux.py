@@ -300,7 +300,8 @@ def test_bash_completes_kernel_names_borders_and_commands(tmp_path):
     assert complete("bash", "kernelcli apply --border ", 3) == [
         "replicate", "reflect", "symmetric", "circular", "zeros", "constant:"]
     assert complete("bash", "kernelcli learn a b --border c", 5) == ["circular", "constant:"]
-    assert complete("bash", "kernelcli ", 1) == ["apply", "bench", "explain", "grid", "kernels", "learn",
+    assert complete("bash", "kernelcli animate -k sobel-r", 3) == ["sobel-right"]
+    assert complete("bash", "kernelcli ", 1) == ["animate", "apply", "bench", "explain", "grid", "kernels", "learn",
                                                  "pool", "server", "transpose", "upsample"]
     assert complete("bash", "kernelcli kernels ", 2) == ["list", "show"]
 

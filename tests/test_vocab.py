@@ -63,6 +63,7 @@ def writers(src, out):
         "pool": ["pool", src, "-o", out],
         "upsample": ["upsample", src, "-o", out],
         "transpose": ["transpose", "-k", "1 2; 3 4", src, "-o", out],
+        "animate": ["animate", "-k", "1 2; 3 4", src, "-o", out],
         "kernels show --image": ["kernels", "show", "blur", "--image", out],
     }
 

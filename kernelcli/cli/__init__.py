@@ -15,7 +15,7 @@ from .. import runner
 from ..console import error
 from ..errors import KernelcliError, WriteError
 from ..version import __version__
-from . import apply, bench, explain, grid, kernels, learn, server, toolkit
+from . import animate, apply, bench, explain, grid, kernels, learn, server, toolkit
 from . import common
 from .common import CONTEXT
 
@@ -98,13 +98,14 @@ def main():
       cat in.png | kernelcli apply -k emboss - -o - > out.png
       kernelcli grid -k sobel-left -k sobel-right -k sharpen in.jpg -o grid.png
       kernelcli explain --size 32x32 -s sharpen -s "pool 2"
+      kernelcli animate -k "0 1; 2 3" --padding valid samples/example-3x3.csv -o conv.gif
 
     Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error,
     3 some inputs of a batch failed, 130 interrupted (143 on SIGTERM).
     """
 
 
-for _module in (kernels, apply, grid, toolkit, learn, explain, server, bench):
+for _module in (kernels, apply, grid, toolkit, learn, explain, animate, server, bench):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 
