@@ -159,6 +159,33 @@ def test_upsample_factors_may_differ_per_axis(tmp_path, rng):
     assert rows[0]["output"] == [10, 12, 1]
 
 
+def test_the_shared_vocabulary_is_read_by_one_parser_everywhere():
+    """-k, -o, --size, --padding, --stride, --dilation, --border, --map, --device, -q/-v and
+    --overwrite: the same words, read the same way, in every command that takes them (bench keeps
+    its own --device and -q, passed on to the runs it times)."""
+    from kernelcli.cli import common
+    from kernelcli.kernel import MAP_MODES
+
+    seen = {}
+    for path, command in commands():
+        for param in command.params:
+            for option in getattr(param, "opts", ()):
+                seen.setdefault(option, []).append((" ".join(path), param))
+    for where, param in seen["--padding"]:
+        assert isinstance(param.type, common.Parsed), where
+        assert param.type.convert("valid", None, None) in ("valid", 0) and param.type.convert("2", None, None) == 2
+    for option, kind in (("--border", common.BORDER), ("--device", common.DEVICE), ("--max-memory", common.MEMORY)):
+        assert {where for where, p in seen[option] if p.type is not kind} <= {"bench"}, option
+    for option in ("--stride", "--dilation"):
+        assert all(isinstance(p.type, click.IntRange) and p.type.min == 1 for _, p in seen[option]), option
+    assert all(tuple(p.type.choices) == MAP_MODES for _, p in seen["--map"])
+    assert all(p._custom_shell_complete is common.complete_kernels and p.metavar == "KERNEL" for _, p in seen["-k"])
+    assert all(p.metavar == "PATH" for _, p in seen["-o"])
+    assert all(p.is_flag for _, p in seen["--overwrite"])
+    for option, text in (("-q", common.QUIET_HELP), ("-v", common.VERBOSE_HELP)):
+        assert {where for where, p in seen[option] if p.help != text} <= {"bench"}, option
+
+
 # ---------------------------------------------------------------- 3. checks in the order a user expects
 
 
