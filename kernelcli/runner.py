@@ -745,9 +745,9 @@ def make_grid(inputs, kernels, output, *, sheet: Sheet = Sheet(), fmt=None, over
     colour = parse_color(sheet.background)
     route_warnings()
     check_device(options.device)
-    out_fmt = picture_output(output, fmt, overwrite, inputs)
-    for path in inputs:
+    for path in inputs:  # options, then inputs, then the output
         check_input(path)
+    out_fmt = picture_output(output, fmt, overwrite, inputs)
     rows = []
     for path in inputs:
         raster = fit(read(path, read_stdin(limits.max_bytes) if path == "-" else None, limits), sheet.long_side)

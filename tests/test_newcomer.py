@@ -206,6 +206,9 @@ def test_the_shared_vocabulary_is_read_by_one_parser_everywhere():
     (["apply", "-k", "blur", "IN", "-o", "OUT", "--border", "mirror"], "invalid value for '--border': unknown border "),
     (["apply", "-k", "blur", "IN", "-o", "OUT", "--bias", "half"], "invalid value for '--bias': 'half': "),
     (["learn", "IN", "IN", "--save", "Bad Name", "--to", "OUT/lib.yaml"], "--save 'Bad Name': use lowercase words"),
+    (["animate", "-k", "blurr", "IN", "-o", "OUT"], "unknown kernel 'blurr'"),
+    (["grid", "-k", "blur", "MISSING", "-o", "OUT"], "MISSING: no such file"),  # the inputs, then the output
+    (["apply", "-k", "blur", "MISSING", "-o", "OUT"], "MISSING: no such file"),
 ])
 def test_option_values_are_checked_before_any_file(tmp_path, rng, monkeypatch, args, message):
     """An existing output (or a missing input) is reported only after every option's value."""

@@ -65,12 +65,6 @@ def animate(source, spec, pool, transposed, size, border, padding, stride, dilat
              for name in ("border", "padding", "stride")}
     op = pool or ("transposed" if transposed else "conv")
     _check_request(source, spec, pool, transposed, size, convolve, output, trace, given["border"])
-    out_fmt = None
-    if output is not None:
-        out_fmt = runner.picture_output(output, fmt or ("gif" if output == "-" else None), overwrite,
-                                        [source] if source else [])
-        if out_fmt not in ("GIF", "PNG"):
-            raise UsageError(f"{output}: animations are written as .gif or .png (APNG)")
     weights = anchor = label = None
     if spec is not None:
         from ..kernels import is_inline_spec
@@ -88,8 +82,14 @@ def animate(source, spec, pool, transposed, size, border, padding, stride, dilat
     if op != "conv" and not given["padding"]:
         padding = 0
     geometry = common.geometry_of(border, padding, stride, dilation)
-    if source is not None:
+    if source is not None:  # the options, then the input, then the output
         runner.check_input(source)
+    out_fmt = None
+    if output is not None:
+        out_fmt = runner.picture_output(output, fmt or ("gif" if output == "-" else None), overwrite,
+                                        [source] if source else [])
+        if out_fmt not in ("GIF", "PNG"):
+            raise UsageError(f"{output}: animations are written as .gif or .png (APNG)")
     data = _read(source) if source is not None else size
     scene = plan(data, op, weights=weights, window=window, geometry=geometry, anchor=anchor, flipped=convolve,
                  name={None: "--size", "-": "stdin"}.get(source, source), kernel_label=label, pool_stride=pool_stride)
