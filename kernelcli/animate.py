@@ -252,9 +252,10 @@ def _transposed(x, weights, padding, geo: Geometry, numbers, label) -> Scene:
 
 def _pool(x, op, window, padding, stride, geo: Geometry, numbers) -> Scene:
     (h, w), (kh, kw) = x.shape, window
-    s = stride if not isinstance(stride, (tuple, list)) or stride[0] != stride[1] else stride[0]
-    for value in pair(s):
+    sh, sw = pair(stride)
+    for value in (sh, sw):
         check_geometry("stride", value)
+    s = sh if sh == sw else (sh, sw)
     if geo.dilation != 1:
         raise UsageError("pooling takes no dilation (as kernelcli pool)")
     check_pool_padding(padding, min(kh, kw))

@@ -10,7 +10,6 @@ No torch here; the tests check every size against torch's own layers.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from .errors import UsageError

@@ -101,9 +101,10 @@ def format_for_path(path: str | Path, word: str | None = None) -> str:
     return fmt or chosen
 
 
-def check_depth(fmt: str, depth: int | None, name: str) -> None:
-    """16 bits per channel go only into a format that holds them (checked before any work)."""
-    if depth == 16 and fmt not in DEEP_FORMATS and fmt not in ARRAY_FORMATS:
+def check_depth(fmt: str | None, depth: int | None, name: str) -> None:
+    """16 bits per channel go only into a format that holds them (checked before any work;
+    ``fmt`` None: not known yet)."""
+    if depth == 16 and fmt is not None and fmt not in DEEP_FORMATS and fmt not in ARRAY_FORMATS:
         raise UsageError(f"{name}: {fmt} holds 8 bits per channel; 16 bits go into .png, .tif or .ppm")
 
 

@@ -217,14 +217,6 @@ def format_named(fmt):
     return FORMATS[fmt.lower()] if fmt else None
 
 
-def check_depth(out_fmt, depth, output) -> None:
-    """--depth 16 only into a format that holds 16 bits, checked before any work."""
-    from .images import check_depth as check
-
-    if out_fmt is not None:
-        check(out_fmt, depth, str(output))
-
-
 def check_stdin(what: str) -> None:
     """stdin closed at start (``<&-``) is a usage error for anything that reads it."""
     from .console import closed
@@ -388,7 +380,7 @@ def run_single(source, output, render, *, fmt=None, overwrite=False, suffix=None
     output (a file, or - for stdout). Without ``output``, the result goes beside the input as
     ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work (``depth``:
     the bits per channel render will write). Returns the output."""
-    from .images import FORMATS, extension_for
+    from .images import FORMATS, check_depth, extension_for
 
     check_input(source)
     if output is None:
@@ -398,11 +390,11 @@ def run_single(source, output, render, *, fmt=None, overwrite=False, suffix=None
             stem, ext = os.path.splitext(source)
             output = f"{stem}-{suffix}{extension_for(format_named(fmt)) if fmt else ext}"
     out_fmt = check_output(output, fmt, overwrite, [source])
-    check_depth(out_fmt, depth, output)
+    check_depth(out_fmt, depth, str(output))  # known from the name or --format: before reading
     raster = read_input(source, limits or _limits())
     out_fmt = out_fmt or (raster.format if raster.format in FORMATS.values() else "PNG")
     check_terminal(output, out_fmt)
-    check_depth(out_fmt, depth, output)
+    check_depth(out_fmt, depth, str(output))  # stdout without --format: the input's format
     emit(output, render(raster, out_fmt, output), overwrite, verbosity=verbosity)
     return output
 
@@ -597,10 +589,11 @@ def _plan(inputs, renderer: Renderer, b: Batch, library=None) -> _Plan:
 
 def _check_plan(p: _Plan, b: Batch, renderer: Renderer) -> None:
     from . import batch
+    from .images import check_depth
 
     for j in p.jobs:  # output formats are known from the names: check them before any work
         for o in j.outputs:
-            check_depth(renderer.format_for(o.path), renderer.depth, o.path)
+            check_depth(renderer.format_for(o.path), renderer.depth, str(o.path))
     if b.report_path and b.report_path != "-":
         batch.check_report(batch._path(b.report_path), p.jobs, overwrite=b.overwrite)
     remove_stale_temps(o.path.parent for j in p.jobs for o in j.outputs  # stores have none: one PUT each

@@ -54,7 +54,7 @@ class Parsed(click.ParamType):
     """An option's value read by the library's own parser while click parses the command line,
     so a bad value is a usage error naming the option before any file is looked at (and the
     command gets the parsed value). One parser per vocabulary word: every command's --size,
-    --padding, --border, --device and --max-memory read the same words the same way."""
+    --padding, --border, --device, --max-memory and --bias read the same words the same way."""
 
     def __init__(self, parse, name: str):
         self.parse, self.name = parse, name
@@ -87,8 +87,7 @@ def whole_padding(what):
 
 SHAPE = Parsed(parse_shape, "shape")  # N or HxW
 SHAPE_C = Parsed(lambda text: parse_shape(text, channels=True), "shape")  # N, HxW or HxWxC
-FACTOR = Parsed(lambda text: parse_shape(text, what="upsampling factors"),
-                "factor")
+FACTOR = Parsed(lambda text: parse_shape(text, what="upsampling factors"), "factor")  # N or HxW
 PADDING = Parsed(parse_padding, "padding")
 BORDER = Parsed(parse_border, "border")
 DEVICE = Parsed(parse_device, "device")
@@ -212,7 +211,7 @@ no_server = click.option("--no-server", is_flag=True, expose_value=False, help=N
 
 def everywhere(command: click.Command) -> click.Command:
     """What every command takes, added in one place, also to the commands of a group: --no-server
-    (before or after the command name; the client reads it before any command runs) and, for
+    (accepted before the command name, by the group, and after it, by each command) and, for
     commands that read kernel files, the per-user file's path in an unwrapped epilog paragraph
     (a wrapped help text would break a path at its hyphens)."""
     for sub in getattr(command, "commands", {}).values():
