@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .errors import UsageError
 from .explain import Step, explain
 from .options import CONSTANT_BORDERS, Geometry, check_geometry, pad_amounts, padded_axis
-from .shapes import check_pool_padding
+from .shapes import check_pool_padding, pair, shape_text
 
 OPS = ("conv", "transposed", "max", "avg")
 MAX_SIDE = 16  # rows and columns of the input and of the output: beyond it the numbers are too small to read
@@ -65,7 +65,7 @@ class Scene:
     kinds: np.ndarray
     weights: np.ndarray | None
     window: tuple[int, int]
-    stride: int
+    stride: int | tuple[int, int]  # (height, width) for a pooling window of two strides
     dilation: int
     out: np.ndarray
     numbers: bool
@@ -82,7 +82,8 @@ class Scene:
 
     def corner(self, i: int, j: int) -> tuple[int, int]:
         """Top-left (row, column) of output cell (i, j)'s window in the drawn input."""
-        return i * self.stride, j * self.stride
+        sh, sw = pair(self.stride)
+        return i * sh, j * sw
 
     def taps(self, i: int, j: int) -> list[tuple[int, int]]:
         """The drawn-input cells under output cell (i, j)'s window, row by row (kernel order)."""
@@ -136,7 +137,7 @@ def exact(v: float) -> str:
 
 def plan(source, op: str = "conv", *, weights=None, window: tuple[int, int] | None = None,
          geometry: Geometry = Geometry(), anchor: tuple[int, int] | None = None, flipped: bool = False,
-         name: str = "input", kernel_label: str | None = None) -> Scene:
+         name: str = "input", kernel_label: str | None = None, pool_stride=None) -> Scene:
     """The scene of ``op`` over ``source``: an (H, W) array of numbers, or an (H, W) size for
     a diagram without numbers.
 
@@ -146,7 +147,8 @@ def plan(source, op: str = "conv", *, weights=None, window: tuple[int, int] | No
     ``kernelcli transpose`` and ``kernelcli pool`` do. ``anchor``: the weight on the output
     cell under ``padding='same'`` (default the centre, or up-left of it); ``flipped``: the weights
     are a kernel rotated for true convolution (the title says so). ``name`` names the input in
-    messages; ``kernel_label`` names the kernel in the title.
+    messages; ``kernel_label`` names the kernel in the title. ``pool_stride`` (one, or (height,
+    width)) is pooling's stride: default the window, as torch (a convolution's is the geometry's).
     """
     if op not in OPS:
         raise UsageError(f"unknown operation {op!r}; choose one of {', '.join(OPS)}")
@@ -175,7 +177,7 @@ def plan(source, op: str = "conv", *, weights=None, window: tuple[int, int] | No
     padding = _whole_padding(geometry.padding, "a transposed convolution" if op == "transposed" else "pooling")
     if op == "transposed":
         return _transposed(x, weights, padding, geometry, numbers, label)
-    return _pool(x, op, (kh, kw), padding, geometry, numbers)
+    return _pool(x, op, (kh, kw), padding, pool_stride or (kh, kw), geometry, numbers)
 
 
 def _whole_padding(padding, what: str) -> int:
@@ -248,8 +250,12 @@ def _transposed(x, weights, padding, geo: Geometry, numbers, label) -> Scene:
                   formula, key)
 
 
-def _pool(x, op, window, padding, geo: Geometry, numbers) -> Scene:
-    (h, w), (kh, kw), s = x.shape, window, geo.stride
+def _pool(x, op, window, padding, stride, geo: Geometry, numbers) -> Scene:
+    (h, w), (kh, kw) = x.shape, window
+    sh, sw = pair(stride)
+    for value in (sh, sw):
+        check_geometry("stride", value)
+    s = sh if sh == sw else (sh, sw)
     if geo.dilation != 1:
         raise UsageError("pooling takes no dilation (as kernelcli pool)")
     check_pool_padding(padding, min(kh, kw))
@@ -263,7 +269,7 @@ def _pool(x, op, window, padding, geo: Geometry, numbers) -> Scene:
     kinds[padding:padding + h, padding:padding + w] = DATA
     fn = "max_pool2d" if op == "max" else "avg_pool2d"
     pad_text = f"padding {padding} ({'ignored by max' if op == 'max' else 'counted as zeros'})" if padding else "padding 0"
-    title = (f"{fn}: {h}x{w} input, {kh}x{kw} window, {oh}x{ow} output", f"stride {s}, {pad_text}")
+    title = (f"{fn}: {h}x{w} input, {kh}x{kw} window, {oh}x{ow} output", f"stride {shape_text(s)}, {pad_text}")
     key = (("pad", "padding (ignored)" if op == "max" else "padding (zeros, counted)"),) if padding else ()
     return _scene(op, x, grid, kinds, None, (kh, kw), s, 1, (oh, ow), numbers, title,
                   (f"input {h}x{w}" + (f", padded to {grid.shape[0]}x{grid.shape[1]}" if padding else ""),

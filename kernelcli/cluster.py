@@ -30,7 +30,8 @@ from .errors import KernelcliError, UsageError, WriteError
 def process_files(jobs: list[Job], render, *, limits=None, overwrite: bool = False, stop=None) -> list[dict]:
     """Read → filter → write each job's input; one record per job, in order.
 
-    ``render(raster, kernels, fmt, name) -> bytes`` encodes one output. A record is a dict:
+    ``render(raster, kernels, fmt, name) -> bytes`` encodes one output (``fmt`` from the output's
+    name, or ``render.format_for(path)`` where render has it, as runner.Renderer). A record is a dict:
     ``status`` ("ok", "skipped", "failed"), ``error`` (the message or None), ``notes``
     (reader warnings) and ``fatal`` (True when the destination failed: the chunk stops there).
     ``stop`` (anything with ``is_set()``): once set, the file at hand is finished and no
@@ -39,6 +40,7 @@ def process_files(jobs: list[Job], render, *, limits=None, overwrite: bool = Fal
     from . import storage
     from .images import format_for_path
 
+    format_of = getattr(render, "format_for", format_for_path)  # a Renderer knows the --format word
     stop = stop if stop is not None else threading.Event()
     records = []
     for job in jobs:
@@ -55,7 +57,7 @@ def process_files(jobs: list[Job], render, *, limits=None, overwrite: bool = Fal
         try:
             record["status"] = process_job(
                 job, read=read, stop=stop,
-                render=lambda raster, group, path: render(raster, group, format_for_path(path), path),
+                render=lambda raster, group, path: render(raster, group, format_of(path), path),
                 write=lambda path, data: storage.write(path, data, overwrite=overwrite, idempotent=True),
             )
         except WriteError as exc:

@@ -1,19 +1,20 @@
 """Shapes, receptive fields and costs of a chain of convolutions, pools and upsamplings.
 
 Kernels (``-k``) take apply's geometry (``kernel_step``); a step (``-s``) is written as words: ``KERNEL [stride=S] [padding=P] [dilation=D]``,
-``conv HxW [...]`` (any kernel of that size), ``pool K [stride=S] [padding=P]``,
-``transpose KERNEL|HxW [stride=S] [padding=P]`` and ``upsample F``.
+``conv N|HxW [...]`` (any kernel of that size), ``pool N|HxW [stride=S] [padding=P]``,
+``transpose KERNEL|N|HxW [stride=S] [padding=P]`` and ``upsample N|HxW``; sizes are read by
+``shapes.parse_shape``, as every size-like option of the command line.
 No torch here; the tests check every size against torch's own layers.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .shapes import transposed_size
+from .shapes import pair, parse_shape, shape_text, transposed_size
+
 
 @dataclass(frozen=True)
 class Step:
@@ -21,7 +22,7 @@ class Step:
     label: str
     kh: int
     kw: int
-    stride: int = 1
+    stride: int | tuple[int, int] = 1  # one for both axes, or (height, width): a pooling window's, an upsampling's
     padding: str | int = "same"
     dilation: int = 1
     channels_out: int | None = None  # multi-channel kernels change the channel count
@@ -30,11 +31,10 @@ class Step:
 
 
 def _size(text: str, spec: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
-    if not m:
-        raise UsageError(f"step {spec!r}: {text!r} is not a size such as 3 or 3x3")
-    h = int(m.group(1))
-    return h, int(m.group(2) or h)
+    try:
+        return parse_shape(text)
+    except UsageError as exc:
+        raise UsageError(f"step {spec!r}: {exc}") from None
 
 
 def parse_step(spec: str, library) -> Step:
@@ -60,20 +60,20 @@ def parse_step(spec: str, library) -> Step:
     except ValueError:
         raise UsageError(f"step {spec!r}: stride, padding and dilation take whole numbers") from None
     if head == "upsample":
-        (f,) = rest or ["2"]
-        f = int(f)
-        k = 2 * f - f % 2
-        return Step("upsample", f"upsample x{f}", k, k, f, (f - f % 2) // 2)
+        fh, fw = _size(rest[0] if rest else "2", spec)
+        factor = fh if fh == fw else (fh, fw)
+        return Step("upsample", f"upsample x{shape_text(factor)}", 2 * fh - fh % 2, 2 * fw - fw % 2, factor, 0)
     if head == "pool":
         kh, kw = _size(rest[0] if rest else "2", spec)
-        return Step("pool", f"pool {kh}x{kw}", kh, kw, stride or kh, padding if isinstance(padding, int) else 0)
+        return Step("pool", f"pool {kh}x{kw}", kh, kw, stride or ((kh, kw) if kh != kw else kh),
+                    padding if isinstance(padding, int) else 0)
     if head in ("conv", "transpose"):
         if not rest:
             raise UsageError(f"step {spec!r}: give a kernel name or a size after {head!r}")
         target = rest[0]
     else:
         target, head = head, "conv"
-    if re.fullmatch(r"\d+(x\d+)?", target):
+    if target[:1].isdigit():  # a size (conv 3x3); kernel names start with a letter
         kh, kw = _size(target, spec)
         kernel = None
         label = f"{head} {kh}x{kw}"
@@ -104,18 +104,19 @@ def _step(head, label, kernel, kh, kw, stride, padding, dilation) -> Step:
                 c_out, c_in, parts)
 
 
-def _axis(n: int, k: int, step: Step) -> tuple[int, str]:
-    """Output length along one axis and the formula with the numbers filled in."""
-    s, d = step.stride, step.dilation
+def _axis(n: int, k: int, s: int, step: Step) -> tuple[int, str]:
+    """Output length along one axis (kernel side k, stride s) and the formula with the numbers filled in."""
+    d = step.dilation
     if step.kind in ("transpose", "upsample"):
-        p = step.padding
+        p = (s - s % 2) // 2 if step.kind == "upsample" else step.padding  # the bilinear kernel's own padding
         out = transposed_size(n, k, s, p, d)
         if step.kind == "upsample":
             return out, f"{n}·{s} = {out}"
         return out, f"({n}−1)·{s} − 2·{p} + {d}·({k}−1) + 1 = {out}"
-    if step.padding == "same":
-        total = d * (k - 1)
-        pad_text = f"{total}"
+    if step.padding == "same":  # d·(k−1) in all, up-left of the centre for even kernels (as apply)
+        before, after = d * ((k - 1) // 2), d * (k - 1 - (k - 1) // 2)
+        pad_text = f"2·{before}" if before == after else f"({before}+{after})"
+        total = before + after
     else:
         p = 0 if step.padding == "valid" else step.padding
         total = 2 * p
@@ -129,26 +130,25 @@ def explain(steps: list[Step], height: int, width: int, channels: int = 1) -> li
     rows = []
     h, w, c = height, width, channels
     rf_h = rf_w = 1.0  # receptive field in input pixels
-    jump = 1.0  # input pixels between neighbouring outputs
+    jump_h = jump_w = 1.0  # input pixels between neighbouring outputs
     for step in steps:
         if step.channels_in is not None and step.channels_in != c:
             raise UsageError(f"step {step.label!r} needs {step.channels_in} input channel(s) but gets {c}")
-        oh, fh = _axis(h, step.kh, step)
-        ow, fw = _axis(w, step.kw, step)
+        sh, sw = pair(step.stride)
+        oh, fh = _axis(h, step.kh, sh, step)
+        ow, fw = _axis(w, step.kw, sw, step)
         if oh < 1 or ow < 1:
             raise UsageError(f"step {step.label!r} leaves nothing of a {h}x{w} input")
         c_out = step.channels_out or c
         if step.kind in ("transpose", "upsample"):
-            jump_out = jump / step.stride
-            reach_h = math.ceil(step.kh / step.stride) - 1
-            reach_w = math.ceil(step.kw / step.stride) - 1
-            rf_h += reach_h * jump
-            rf_w += reach_w * jump
+            rf_h += (math.ceil(step.kh / sh) - 1) * jump_h
+            rf_w += (math.ceil(step.kw / sw) - 1) * jump_w
+            jump_h, jump_w = jump_h / sh, jump_w / sw
             macs = h * w * c * step.kh * step.kw
         else:
-            rf_h += step.dilation * (step.kh - 1) * jump
-            rf_w += step.dilation * (step.kw - 1) * jump
-            jump_out = jump * step.stride
+            rf_h += step.dilation * (step.kh - 1) * jump_h
+            rf_w += step.dilation * (step.kw - 1) * jump_w
+            jump_h, jump_w = jump_h * sh, jump_w * sw
             per_out = step.kh * step.kw * (step.channels_in or 1) * step.parts
             macs = oh * ow * c_out * per_out
         params = step.kh * step.kw * (step.channels_in or 1) * (step.channels_out or 1) * step.parts
@@ -159,11 +159,11 @@ def explain(steps: list[Step], height: int, width: int, channels: int = 1) -> li
             "output": [oh, ow, c_out],
             "formula": {"height": fh, "width": fw},
             "receptive_field": [_num(rf_h), _num(rf_w)],
-            "jump": _num(jump_out),
+            "jump": _num(jump_h) if jump_h == jump_w else [_num(jump_h), _num(jump_w)],
             "multiply_adds" if step.kind != "pool" else "operations": macs,
             "parameters": 0 if step.kind == "pool" else params,
         })
-        h, w, c, jump = oh, ow, c_out, jump_out
+        h, w, c = oh, ow, c_out
     return rows
 
 
@@ -171,34 +171,66 @@ def _num(v: float):
     return int(v) if float(v).is_integer() else round(v, 4)
 
 
+WIDTH = 80  # the terminal table's width, whatever the sizes
+
+
 def render(rows: list[dict], table: bool) -> str:
     """The rows as text: a table that fits 80 columns, each step's height and width formulas
     under it and the chain's result at the end (``table``, for a terminal); else one
     tab-separated line per step: step, in, out, receptive field, jump, cost, height formula,
-    width formula (sizes as HxWxC, fields as HxW)."""
+    width formula (sizes as HxWxC, fields as HxW).
+
+    The table keeps 80 columns for any size: costs are written short (``1.2e15``) when the
+    exact numbers do not fit, and then, if still too wide, each step's in → out goes on a line
+    of its own under the step."""
 
     def x(values):
-        return "x".join(map(str, values))
+        return "x".join(map(str, values)) if isinstance(values, list) else str(values)
 
-    cells = [(r["step"], x(r["input"]), x(r["output"]), x(r["receptive_field"]), str(r["jump"]),
+    cells = [(r["step"], x(r["input"]), x(r["output"]), x(r["receptive_field"]), x(r["jump"]),
               f"{r.get('multiply_adds', r.get('operations'))}") for r in rows]
     if not table:
         return "".join("\t".join([*c, r["formula"]["height"], r["formula"]["width"]]) + "\n"
                        for c, r in zip(cells, rows))
-    cells = [(_short(c[0], 22), *c[1:5], f"{int(c[5]):,}") for c in cells]
-    head = ("step", "in", "out", "receptive field", "jump", "cost")
-    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
+    last = rows[-1]
+    chain = [f"chain: {x(rows[0]['input'])} → {x(last['output'])}, receptive field {x(last['receptive_field'])}, "
+             f"jump {x(last['jump'])}"]
+    if len(chain[0]) > WIDTH:
+        chain = [f"chain: {x(rows[0]['input'])} → {x(last['output'])}",
+                 f"  receptive field {x(last['receptive_field'])}, jump {x(last['jump'])}"]
+    for layout in ("exact", "short", "sizes apart"):
+        text = _table(cells, rows, layout) + chain
+        if max(map(len, text)) <= WIDTH:
+            break
+    return "\n".join(text) + "\n"
+
+
+def _table(cells, rows, layout: str) -> list[str]:
+    def cost(text):
+        return f"{int(text):,}" if layout == "exact" else _short_number(int(text))
+
+    apart = layout == "sizes apart"
+    head = ("step", "receptive field", "jump", "cost") if apart else ("step", "in", "out", "receptive field", "jump",
+                                                                        "cost")
+    body = [(_short(c[0], 22), *((c[3], c[4]) if apart else c[1:5]), cost(c[5])) for c in cells]
+    widths = [max(len(c[i]) for c in [head, *body]) for i in range(len(head))]
 
     def line(c):
         return "  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip()
 
     out = [line(head)]
-    for c, r in zip(cells, rows):
-        out += [line(c), f"  height {r['formula']['height']}", f"  width  {r['formula']['width']}"]
-    last = rows[-1]
-    out.append(f"chain: {x(rows[0]['input'])} → {x(last['output'])}, receptive field "
-               f"{x(last['receptive_field'])}, jump {last['jump']}")
-    return "\n".join(out) + "\n"
+    for b, c, r in zip(body, cells, rows):
+        out += [line(b), *([f"  size   {c[1]} → {c[2]}"] if apart else []),
+                f"  height {r['formula']['height']}", f"  width  {r['formula']['width']}"]
+    return out
+
+
+def _short_number(n: int) -> str:
+    """1354752 → '1354752'; 7599824371187712 → '7.6e15': at most 7 characters."""
+    if n < 10_000_000:
+        return str(n)
+    mantissa, exponent = f"{n:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
 
 
 def _short(text: str, width: int) -> str:

@@ -80,18 +80,47 @@ FORMATS = {
     "npy": "NPY", "csv": "CSV", "txt": "CSV",
 }
 TEXT_FORMATS = ("CSV",)  # printable at a terminal; every other format is binary
+DEEP_FORMATS = ("PNG", "TIFF", "PPM")  # formats that hold 16 bits per channel (gray and colour)
+DEPTHS = (8, 16)  # bits per channel an image output may be given (--depth)
 
 
-def format_for_path(path: str | Path) -> str:
-    """The output format implied by a file name (e.g. 'PNG' for x.png, 'NPY' for x.npy)."""
+def format_for_path(path: str | Path, word: str | None = None) -> str:
+    """The output format of a file name (e.g. 'PNG' for x.png, 'NPY' for x.npy). ``word`` (a
+    --format word) must agree with an extension of the table, and decides alone for a name whose
+    extension names no format (``-o g.out --format gif`` writes a GIF, as ImageMagick's gif:g.out)."""
     ext = Path(str(path)).suffix.lower()  # str(): also an object URL (storage.ObjectPath)
     fmt = FORMATS.get(ext[1:]) if ext else None
-    if fmt is None:
+    chosen = FORMATS.get(word.lower()) if word else None
+    if fmt is None and chosen is None:
         raise UsageError(
             f"{path}: cannot tell the output format from {ext or 'no extension'!r}; "
             f"use {', '.join('.' + e for e in FORMATS)}, or --format"
         )
-    return fmt
+    if fmt is not None and chosen is not None and chosen != fmt:
+        raise UsageError(f"--format {word} does not match the output name {path}")
+    return fmt or chosen
+
+
+def check_depth(fmt: str | None, depth: int | None, name: str) -> None:
+    """16 bits per channel go only into a format that holds them (checked before any work;
+    ``fmt`` None: not known yet)."""
+    if depth == 16 and fmt is not None and fmt not in DEEP_FORMATS and fmt not in ARRAY_FORMATS:
+        raise UsageError(f"{name}: {fmt} holds 8 bits per channel; 16 bits go into .png, .tif or .ppm")
+
+
+def at_depth(raster: Raster, depth: int | None) -> Raster:
+    """A mapped image at 8 or 16 bits per channel (None: as it is): 16 → 8 rounds v·255/65535,
+    8 → 16 multiplies by 257 (255 → 65535). Arrays and float images (no depth) stay as they are."""
+    maxval = {8: 255.0, 16: 65535.0}.get(depth)
+    if maxval is None or raster.maxval is None or raster.maxval == maxval:
+        return raster
+    dtype = np.uint8 if depth == 8 else np.uint16
+
+    def convert(values):
+        return np.round(np.asarray(values, dtype=np.float64) * (maxval / raster.maxval)).astype(dtype)
+
+    return replace(raster, pixels=convert(raster.pixels), maxval=maxval,
+                   alpha=None if raster.alpha is None else convert(raster.alpha))
 
 
 def extension_for(fmt: str) -> str:
@@ -331,7 +360,17 @@ def _is_deep_colour(img: Image.Image, data: bytes) -> bool:
         bits = img.tag_v2.get(258, 1)
         bits = bits if isinstance(bits, tuple) else (bits,)
         return img.tag_v2.get(277, 1) > 1 and 16 in bits
+    if img.format == "PPM":  # binary P6 with maxval > 255: Pillow scales it down to 8 bits
+        return _ppm_maxval(img) > 255
     return False
+
+
+def _ppm_maxval(img: Image.Image) -> int:
+    """The maxval of a binary colour PPM (P6) as Pillow's header reader left it; 0 for others."""
+    tile = img.tile[0] if img.mode == "RGB" and len(img.tile) == 1 else None
+    if tile is None or tile[0] != "ppm" or not isinstance(tile[3], tuple):
+        return 0
+    return int(tile[3][1])
 
 
 def _read_deep_colour(name: str, img: Image.Image, data: bytes) -> Raster:
@@ -342,6 +381,10 @@ def _read_deep_colour(name: str, img: Image.Image, data: bytes) -> Raster:
         if img.format == "PNG":
             width, height, rows, info = png.Reader(bytes=data).asDirect()
             arr = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, info["planes"])
+        elif img.format == "PPM":  # binary P6, samples big-endian, scaled from maxval to 65535
+            maxval, count = _ppm_maxval(img), img.width * img.height * 3
+            arr = np.frombuffer(data, ">u2", count=count, offset=img.tile[0][2]).reshape(img.height, img.width, 3)
+            arr = np.round(np.minimum(arr, maxval) * (65535 / maxval)).astype(np.uint16)
         else:
             arr = tifffile.imread(io.BytesIO(data), key=0)
     except (png.Error, tifffile.TiffFileError, ValueError, OSError, EOFError, KeyError, IndexError,
@@ -360,6 +403,11 @@ def _read_deep_colour(name: str, img: Image.Image, data: bytes) -> Raster:
                   exif=exif.tobytes() if len(exif) else None, notes=notes)
 
 
+def _eight_bits_only(name: str, fmt: str, what: str) -> UsageError:
+    return UsageError(f"{name}: {fmt} holds 8 bits per channel, the result is 16-bit {what}; write .png, .tif or "
+                      ".ppm to keep 16 bits, or pass --depth 8")
+
+
 def _encode_deep_colour(raster: Raster, fmt: str, name: str) -> bytes:
     """16-bit colour or 16-bit with alpha as PNG or TIFF (tifffile), with its ICC profile."""
     planes = [*raster.pixels, *([] if raster.alpha is None else [raster.alpha])]
@@ -375,7 +423,18 @@ def _encode_deep_colour(raster: Raster, fmt: str, name: str) -> bytes:
                          extrasamples=["unassalpha"] if raster.alpha is not None else None,
                          iccprofile=raster.icc_profile)
         return buf.getvalue()
-    raise UsageError(f"{name}: {fmt} cannot hold 16-bit colour; write .png or .tif")
+    raise _eight_bits_only(name, fmt, "colour")
+
+
+def _ppm16(raster: Raster, name: str) -> bytes:
+    """16-bit gray (P5) or colour (P6) with maxval 65535, samples big-endian (Netpbm)."""
+    if raster.alpha is not None:
+        raise _no_alpha(name, "PPM")
+    c, height, width = raster.pixels.shape
+    if c not in (1, 3):
+        raise UsageError(f"{name}: the result has {c} channels; an image needs 1 or 3 (write .npy instead)")
+    body = np.ascontiguousarray(raster.pixels.transpose(1, 2, 0), dtype=">u2").tobytes()
+    return f"P{5 if c == 1 else 6}\n{width} {height}\n65535\n".encode() + body
 
 
 def _png16(arr: np.ndarray, icc_profile: bytes | None) -> bytes:
@@ -446,10 +505,15 @@ def from_pil(img: Image.Image, name: str = "image") -> Raster:
 # --------------------------------------------------------------------------- writing
 
 
-def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output", background=None) -> bytes:
+def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output", background=None,
+           depth: int | None = None) -> bytes:
     """Encode a Raster whose pixels are already mapped to its bit depth (or raw for arrays).
-    ``background`` (an RGB tuple) flattens transparency for formats without alpha."""
+    ``background`` (an RGB tuple) flattens transparency for formats without alpha; ``depth``
+    (8 or 16) converts an image to that many bits per channel first (None: as it is)."""
     buf = io.BytesIO()
+    if depth is not None and fmt not in ARRAY_FORMATS:
+        check_depth(fmt, depth, name)
+        raster = at_depth(raster, depth)
     if raster.pixels.dtype.kind == "f" and not np.isfinite(raster.pixels).all():
         raise ImageError(f"{name}: the result holds NaN or infinite values (an overflow?); nothing written")
     if raster.alpha is not None and fmt in _NO_ALPHA and background is not None:
@@ -464,6 +528,8 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
         text = io.StringIO()
         np.savetxt(text, raster.pixels[0], fmt="%.10g", delimiter=",")
         return text.getvalue().encode()
+    if raster.maxval is not None and raster.maxval > 255 and fmt == "PPM":
+        return _ppm16(raster, name)
     if raster.maxval is not None and raster.maxval > 255 and (raster.pixels.shape[0] == 3 or raster.alpha is not None):
         return _encode_deep_colour(raster, fmt, name)
     if fmt == "JPEG":
@@ -498,16 +564,20 @@ def to_pil(raster: Raster, fmt: str = "PNG", name: str = "output") -> Image.Imag
         if c != 1 or raster.alpha is not None:
             raise UsageError(f"{name}: 16-bit output is gray only")
         if fmt not in ("PNG", "TIFF"):
-            raise UsageError(f"{name}: {fmt} cannot hold 16-bit gray; write .png or .tif")
+            raise _eight_bits_only(name, fmt, "gray")
         return Image.fromarray(raster.pixels[0].astype(np.uint16))
     arr = raster.pixels.transpose(1, 2, 0)  # (H, W, C): no copy when the pixels are such a view
     if raster.alpha is not None:
         if fmt in _NO_ALPHA:
-            raise UsageError(f"{name}: {fmt} cannot store transparency; pass --background COLOR to flatten it, "
-                             "or write .png, .webp or .tif")
+            raise _no_alpha(name, fmt)
         arr = np.dstack([arr, raster.alpha])
     arr = np.ascontiguousarray(arr, dtype=np.uint8)
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)  # L, LA, RGB or RGBA
+
+
+def _no_alpha(name: str, fmt: str) -> UsageError:
+    return UsageError(f"{name}: {fmt} cannot store transparency; pass --background COLOR to flatten it, "
+                      "or write .png, .webp or .tif")
 
 
 def flatten(raster: Raster, background) -> Raster:

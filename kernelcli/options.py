@@ -65,7 +65,22 @@ def parse_padding(text: str) -> str | int:
         return text
     if re.fullmatch(r"\d+", text):
         return int(text)
-    raise UsageError(f"padding {text!r}: use same, valid or a number of pixels")
+    raise UsageError(f"{text!r}: use same, valid or a number of pixels")
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # the words of --device; cuda:N is cuda with an index
+
+
+def parse_device(text: str | None) -> str | None:
+    """A device's name as written (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), lower-cased;
+    refused when it is none of these. Whether it is available is the engine's question
+    (kernelcli.convolve.resolve_device, which needs torch); the form is checked here, first."""
+    if text is None:
+        return None
+    name = text.strip().lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(?::\d+)?", name):
+        raise UsageError(f"unknown device {text!r}; use {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
+    return name
 
 
 def pad_amounts(shape: tuple[int, int], anchor: tuple[int, int], geo: Geometry) -> tuple[int, int, int, int]:
@@ -131,7 +146,7 @@ def parse_bias(text: str) -> float:
     try:
         value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
-        raise UsageError(f"bias {text!r}: write a fraction such as 0.5 or a percentage such as 50%") from None
+        raise UsageError(f"{text!r}: write a fraction such as 0.5 or a percentage such as 50%") from None
     return check_finite(value, "bias")
 
 

@@ -75,6 +75,14 @@ class Renderer:
     stats: bool = False
     limits: object = None  # kernelcli.images.Limits; None: the defaults
     background: tuple | None = None  # flatten transparency onto this colour for formats without alpha
+    depth: int | None = None  # bits per channel of image outputs (8 or 16); None: the input's
+    fmt: str | None = None  # the --format word: the format of every output (with a name of no known extension)
+
+    def format_for(self, path) -> str:
+        """The format an output gets: its name's, or the --format word's (images.format_for_path)."""
+        from .images import format_for_path
+
+        return format_for_path(path, self.fmt)
 
     def _options(self, raster, fmt):
         """Raw floats out: arrays, and float images into a format that holds them (gray TIFF)."""
@@ -105,7 +113,7 @@ class Renderer:
             for k, st in zip(group, step_stats):
                 if st is not None:
                     say(f"{name}: {k.name}: min {st.minimum:g}, max {st.maximum:g}, clipped {st.clipped:.2%}")
-        return encode(result, fmt, quality=self.quality, name=str(name), background=self.background)
+        return encode(result, fmt, quality=self.quality, name=str(name), background=self.background, depth=self.depth)
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,12 @@ def share_threads(workers: int) -> None:
 
 
 def check_device(device) -> None:
-    """An unavailable device is a usage error (exit 2), found before any output is written."""
+    """An unknown or unavailable device is a usage error (exit 2), found before any file is looked
+    at. auto and cpu are always there: for them torch is not waited for (it loads meanwhile)."""
+    from .options import parse_device
+
+    if parse_device(device or os.environ.get("KERNELCLI_DEVICE")) in (None, "auto", "cpu"):
+        return
     from .convolve import resolve_device
 
     resolve_device(device)
@@ -202,12 +215,6 @@ def format_named(fmt):
     from .images import FORMATS
 
     return FORMATS[fmt.lower()] if fmt else None
-
-
-def check_format(out_fmt, fmt, output):
-    if fmt and format_named(fmt) != out_fmt:
-        raise UsageError(f"--format {fmt} does not match the output name {output}")
-    return out_fmt
 
 
 def check_stdin(what: str) -> None:
@@ -230,6 +237,30 @@ def check_input(path: str) -> None:
     kind = _kind(path)  # one classification for named inputs, folder scans and lists
     if kind != "file":
         raise UsageError(f"{path}: {not_an_input(kind)}")
+
+
+def check_named_inputs(inputs, output=None) -> None:
+    """Every path named as an input (not ``-``, not a URL) is a file or a folder, checked before any
+    work: a missing name is a usage error, never a failure found halfway through a run. A missing
+    last name that looks like an output (an image extension, no -o: ImageMagick's ``convert in.jpg
+    out.jpg``) gets the hint ``did you mean -o NAME?``."""
+    from .batch import _kind, not_an_input
+    from .images import FORMATS
+
+    problems = []
+    for path in inputs:
+        kind = "file" if path == "-" or "://" in str(path) else _kind(Path(path))
+        if kind not in ("file", "dir"):
+            problems.append(f"{path}: {not_an_input(kind)}")
+    if not problems:
+        return
+    last = str(inputs[-1])
+    if (output is None and len(inputs) > 1 and problems[-1].startswith(f"{last}: ")
+            and Path(last).suffix.lower()[1:] in FORMATS and _kind(Path(last)) == "missing"):
+        import shlex
+
+        problems[-1] += f"; did you mean -o {shlex.quote(last)}?"
+    raise UsageError("; ".join(problems))
 
 
 def _stdout_format_of(inputs) -> str | None:
@@ -265,7 +296,7 @@ def check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
         return format_named(fmt)
     from .batch import check_writable
 
-    out_fmt = check_format(format_for_path(output), fmt, output)
+    out_fmt = format_for_path(output, fmt)
     if os.path.exists(output):
         if any(p != "-" and os.path.exists(p) and os.path.samefile(p, output) for p in inputs):
             raise UsageError(f"{output}: is an input; refusing to overwrite it")
@@ -292,14 +323,14 @@ def check_save(library, name, overwrite, path: Path) -> None:
     from .batch import check_writable
     from .kernel import NAME_RE
 
+    if not NAME_RE.match(name):  # the option's value first, then the file
+        raise UsageError(f"--save {name!r}: use lowercase words joined by hyphens, e.g. my-edge")
     if str(path) == "-":
         raise UsageError("--to -: a kernel library is a file; name one (stdout carries the learned kernel)")
     if path.is_dir():
         raise UsageError(f"--to {path}: is a directory")
     check_writable(Path(os.path.realpath(path)))
     remove_stale_temps([Path(os.path.realpath(path)).parent])
-    if not NAME_RE.match(name):
-        raise UsageError(f"--save {name!r}: use lowercase words joined by hyphens, e.g. my-edge")
     if name in library and not overwrite:
         raise UsageError(f"a kernel named {name!r} exists already ({library.get(name).source})", setting="overwrite")
 
@@ -344,11 +375,12 @@ def emit(output: str, data: bytes, overwrite: bool, detail: str = "", verbosity:
 
 
 def run_single(source, output, render, *, fmt=None, overwrite=False, suffix=None, limits=None,
-               verbosity: int = NORMAL) -> str:
+               verbosity: int = NORMAL, depth: int | None = None) -> str:
     """Read one input (a file or - for stdin), ``render(raster, fmt, name) -> bytes``, write one
     output (a file, or - for stdout). Without ``output``, the result goes beside the input as
-    ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work. Returns the output."""
-    from .images import FORMATS, extension_for
+    ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work (``depth``:
+    the bits per channel render will write). Returns the output."""
+    from .images import FORMATS, check_depth, extension_for
 
     check_input(source)
     if output is None:
@@ -358,17 +390,20 @@ def run_single(source, output, render, *, fmt=None, overwrite=False, suffix=None
             stem, ext = os.path.splitext(source)
             output = f"{stem}-{suffix}{extension_for(format_named(fmt)) if fmt else ext}"
     out_fmt = check_output(output, fmt, overwrite, [source])
+    check_depth(out_fmt, depth, str(output))  # known from the name or --format: before reading
     raster = read_input(source, limits or _limits())
     out_fmt = out_fmt or (raster.format if raster.format in FORMATS.values() else "PNG")
     check_terminal(output, out_fmt)
+    check_depth(out_fmt, depth, str(output))  # stdout without --format: the input's format
     emit(output, render(raster, out_fmt, output), overwrite, verbosity=verbosity)
     return output
 
 
 def transform_file(source, output, fn, *, suffix, fmt=None, overwrite=False, device=None, limits=None,
-                   verbosity: int = NORMAL) -> str:
+                   verbosity: int = NORMAL, depth: int | None = None) -> str:
     """A Raster → Raster function (a toolkit operation) on one file or stream: arrays out stay
-    raw floats, arrays written as images are clipped to 0–255. Returns the output."""
+    raw floats, arrays written as images are clipped to 0–255; images are written at ``depth``
+    bits per channel (None: the input's). Returns the output."""
     from .images import ARRAY_FORMATS, encode
 
     check_device(device)
@@ -378,10 +413,10 @@ def transform_file(source, output, fn, *, suffix, fmt=None, overwrite=False, dev
             raster = replace(raster, maxval=None)
         elif raster.maxval is None:
             raster = replace(raster, maxval=255.0)
-        return encode(fn(raster), out_fmt, name=str(name))
+        return encode(fn(raster), out_fmt, name=str(name), depth=depth)
 
     return run_single(source, output, render, fmt=fmt, overwrite=overwrite, suffix=suffix, limits=limits,
-                      verbosity=verbosity)
+                      verbosity=verbosity, depth=depth)
 
 
 def picture_output(output, fmt, overwrite, inputs=()) -> str:
@@ -459,19 +494,24 @@ def _locate(inputs, b: Batch):
 
 
 def apply_paths(inputs, kernels, *, batch: Batch = Batch(), options=None, quality: int = 95, stats: bool = False,
-                limits=None, background=None, library=None):
+                limits=None, background=None, library=None, depth: int | None = None):
     """Filter files and folders (or - for stdin/stdout) with ``kernels`` (names, inline specs or
     Kernel values) in sequence, or each alone with ``batch.each``; returns the batch.Report, whose
     ``exit_code`` is the command's (0 ok, 1 a single input or the destination failed, 3 some inputs
-    failed, 130/143 interrupted). Problems found before any work raise UsageError."""
+    failed, 130/143 interrupted). ``depth`` (8 or 16) sets the bits per channel of image outputs.
+    Problems found before any work raise UsageError."""
     torch_loading = warm_torch()  # ~1 s, overlapped with planning and the first decodes
     _check_request(inputs, batch)
     from .images import route_warnings
 
     route_warnings()
     library = library or load_library()  # also tells planning which names are kernelcli's own outputs
-    renderer = Renderer(tuple(resolve(kernels, library)), options, quality, stats, limits or _limits(), background)
+    renderer = Renderer(tuple(resolve(kernels, library)), options, quality, stats, limits or _limits(), background,
+                        depth, batch.fmt)
+    if not batch.scheduler:  # [cluster] workers check their own devices
+        check_device(renderer.options.device if renderer.options is not None else None)
     inputs, batch = _locate(tuple(os.fspath(p) for p in inputs), batch)
+    check_named_inputs(inputs, batch.output)
     if "-" in inputs or batch.output == "-":
         return _stream(inputs, renderer, batch)
     with signals():
@@ -484,11 +524,10 @@ def _stream(inputs, renderer: Renderer, b: Batch):
     if b.report_path:
         raise UsageError("--report is for files and folders; with - (stdin/stdout) there is one image and its "
                          "exit code")
-    check_device(renderer.options.device if renderer.options is not None else None)
     if len(inputs) != 1 or b.files_from is not None or b.each and len(renderer.kernels) > 1:
         raise UsageError("- (stdin/stdout) takes exactly one input and one output")
     run_single(inputs[0], b.output or "-", lambda raster, fmt, name: renderer(raster, renderer.kernels, fmt, name),
-               fmt=b.fmt, overwrite=b.overwrite, limits=renderer.limits, verbosity=b.verbosity)
+               fmt=b.fmt, overwrite=b.overwrite, limits=renderer.limits, verbosity=b.verbosity, depth=renderer.depth)
     return Report(total=1, processed=1)
 
 
@@ -540,7 +579,7 @@ def _plan(inputs, renderer: Renderer, b: Batch, library=None) -> _Plan:
     if out_file:
         if len(groups) > 1:
             raise UsageError("--each writes several outputs; give -o a folder (ending in /)")
-        check_format(format_for_path(out_file), b.fmt, out_file)
+        format_for_path(out_file, b.fmt)
     template = b.template or ("{stem}{ext}" if dir_mode and not b.each else "{stem}-{kernel}{ext}")
     jobs = batch.plan(sources, groups, out_dir=output if dir_mode else None, out_file=out_file, template=template,
                       ext_for=lambda s: extension_for(format_named(b.fmt)) if b.fmt else s.path.suffix,
@@ -548,13 +587,13 @@ def _plan(inputs, renderer: Renderer, b: Batch, library=None) -> _Plan:
     return _Plan(jobs, groups, single, output)
 
 
-def _check_plan(p: _Plan, b: Batch) -> None:
+def _check_plan(p: _Plan, b: Batch, renderer: Renderer) -> None:
     from . import batch
-    from .images import format_for_path
+    from .images import check_depth
 
     for j in p.jobs:  # output formats are known from the names: check them before any work
         for o in j.outputs:
-            format_for_path(o.path)
+            check_depth(renderer.format_for(o.path), renderer.depth, str(o.path))
     if b.report_path and b.report_path != "-":
         batch.check_report(batch._path(b.report_path), p.jobs, overwrite=b.overwrite)
     remove_stale_temps(o.path.parent for j in p.jobs for o in j.outputs  # stores have none: one PUT each
@@ -567,7 +606,7 @@ def _run_batch(torch_loading, renderer: Renderer, inputs, b: Batch, library=None
     from . import batch
 
     p = _plan(inputs, renderer, b, library)
-    _check_plan(p, b)
+    _check_plan(p, b, renderer)
     process = None
     if not b.scheduler:  # [cluster] workers read and check the device and the memory budget themselves
         process = _local_process(p, renderer, b, torch_loading)
@@ -595,10 +634,9 @@ def _run_batch(torch_loading, renderer: Renderer, inputs, b: Batch, library=None
 def _local_process(p: _Plan, renderer: Renderer, b: Batch, torch_loading):
     """The per-job function of a local run: prefetched reads, the renderer, atomic writes."""
     from . import batch, storage
-    from .images import format_for_path
 
     if p.single and p.jobs[0].outputs and not batch._is_url(p.jobs[0].source.path):  # from the header
-        renderer.check_memory(p.jobs[0].source.path, p.groups, format_for_path(p.jobs[0].outputs[0].path))
+        renderer.check_memory(p.jobs[0].source.path, p.groups, renderer.format_for(p.jobs[0].outputs[0].path))
 
     def read_warned(path):
         raster = storage.read(path, renderer.limits)
@@ -607,12 +645,11 @@ def _local_process(p: _Plan, renderer: Renderer, b: Batch, torch_loading):
         return raster
 
     prefetch = batch.Prefetch(p.jobs, read_warned, torch_loading)
-    check_device(renderer.options.device if renderer.options is not None else None)
 
     def process(j, stop):
         return batch.process_job(
             j, read=prefetch.take, stop=stop,
-            render=lambda raster, group, path: renderer(raster, group, format_for_path(path), path),
+            render=lambda raster, group, path: renderer(raster, group, renderer.format_for(path), path),
             write=lambda path, data: storage.write(path, data, overwrite=b.overwrite))
 
     return process
@@ -700,10 +737,10 @@ def make_grid(inputs, kernels, output, *, sheet: Sheet = Sheet(), fmt=None, over
         raise UsageError("stdin (-) can be read once")
     colour = parse_color(sheet.background)
     route_warnings()
-    out_fmt = picture_output(output, fmt, overwrite, inputs)
     check_device(options.device)
-    for path in inputs:
+    for path in inputs:  # options, then inputs, then the output
         check_input(path)
+    out_fmt = picture_output(output, fmt, overwrite, inputs)
     rows = []
     for path in inputs:
         raster = fit(read(path, read_stdin(limits.max_bytes) if path == "-" else None, limits), sheet.long_side)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import budget
 from .convolve import Geometry, as_tensor, pad, pad_amounts, resolve_device
-from .shapes import check_pool_padding, output_size, transposed_size
+from .shapes import check_pool_padding, output_size, pair, shape_text, transposed_size
 from .errors import UsageError
 from .images import Raster
 from .kernel import DEFAULT_MAP
@@ -44,33 +44,38 @@ def _back(y: torch.Tensor, colours: int, raster: Raster, mode: str = DEFAULT_MAP
     return Raster(arr[:colours], alpha, raster.maxval, raster.format, raster.icc_profile, raster.exif)
 
 
-def pool(raster: Raster, op: str, size: int, stride: int | None = None, padding: int = 0,
+def pool(raster: Raster, op: str, size: int | tuple[int, int], stride: int | None = None, padding: int = 0,
          device: str | None = None, *, max_memory: int | None = None) -> Raster:
-    """Max or average pooling over size×size windows (stride defaults to size), as
-    ``torch.nn.MaxPool2d`` / ``AvgPool2d``: max ignores padding, avg counts it as zeros."""
+    """Max or average pooling over size×size (or (height, width)) windows, stride default the
+    window, as ``torch.nn.MaxPool2d`` / ``AvgPool2d``: max ignores padding, avg counts it as zeros."""
     if op not in POOL_OPS:
         raise UsageError(f"unknown pooling {op!r}; use max or avg")
-    for name, value in (("pool size", size), ("stride", stride), ("padding", padding)):
+    (kh, kw) = window = pair(size)
+    for name, value in (("pool size", kh), ("pool size", kw), ("stride", stride), ("padding", padding)):
         check_geometry(name, value)
-    stride = stride or size
-    check_pool_padding(padding, size)
+    sh, sw = pair(stride) if stride else window
+    check_pool_padding(padding, min(window))
     h, w = raster.size
-    oh, ow = output_size(h, size, 2 * padding, stride), output_size(w, size, 2 * padding, stride)
+    oh, ow = output_size(h, kh, 2 * padding, sh), output_size(w, kw, 2 * padding, sw)
     if oh < 1 or ow < 1:
-        raise UsageError(f"a {size}x{size} window does not fit a {h}x{w} image")
+        raise UsageError(f"a {kh}x{kw} window does not fit a {h}x{w} image")
     _check_memory(raster, oh, ow, max_memory, f"pooling {w}x{h} pixels")
     x, colours = _planes(raster, resolve_device(device))
     fn = F.max_pool2d if op == "max" else F.avg_pool2d
-    return _back(fn(x, size, stride, padding), colours, raster)
+    return _back(fn(x, window, (sh, sw), padding), colours, raster)
+
+
+def _bilinear_1d(factor: int) -> np.ndarray:
+    """One axis of the bilinear kernel: 2f − f mod 2 taps, a triangle of half-width ``factor``."""
+    size = 2 * factor - factor % 2
+    centre = factor - 1 if size % 2 == 1 else factor - 0.5
+    return 1 - np.abs(np.arange(size) - centre) / factor
 
 
 def bilinear_kernel(factor: int) -> np.ndarray:
     """The (2f − f mod 2)-square bilinear interpolation kernel used to initialise transposed
     convolutions for upsampling by ``factor`` (Long et al., FCN)."""
-    size = 2 * factor - factor % 2
-    centre = factor - 1 if size % 2 == 1 else factor - 0.5
-    og = np.arange(size)
-    filt = 1 - np.abs(og - centre) / factor
+    filt = _bilinear_1d(factor)
     return np.outer(filt, filt)
 
 
@@ -101,24 +106,31 @@ def transpose(raster: Raster, weights, stride: int = 1, padding: int = 0, dilati
     return _back(transpose_conv(x, weights, stride, padding, dilation), colours, raster, mode)
 
 
-def upsample(raster: Raster, factor: int, device: str | None = None, *, max_memory: int | None = None) -> Raster:
-    """Enlarge by ``factor`` with a transposed convolution initialised as a bilinear kernel.
+def upsample(raster: Raster, factor: int | tuple[int, int], device: str | None = None, *,
+             max_memory: int | None = None) -> Raster:
+    """Enlarge by ``factor`` (one for both axes, or (height, width)) with a transposed convolution
+    initialised as a bilinear kernel (the outer product of the two axes' bilinear filters).
 
     The image is first extended by one replicated pixel on each side and the result cropped,
     so the edges are interpolated like the middle (no dark frame); the result equals
     bilinear interpolation with half-pixel centres (``align_corners=False``)."""
-    if factor < 1:
+    fh, fw = pair(factor)
+    if min(fh, fw) < 1:
         raise UsageError("the upsampling factor must be at least 1")
-    if factor == 1:
+    if (fh, fw) == (1, 1):
         return raster
-    check_geometry("factor", factor)
+    check_geometry("factor", max(fh, fw))
     h, w = raster.size
-    _check_memory(raster, (h + 2) * factor, (w + 2) * factor, max_memory, f"upsampling {w}x{h} pixels by {factor}")
+    _check_memory(raster, (h + 2) * fh, (w + 2) * fw, max_memory,
+                  f"upsampling {w}x{h} pixels by {shape_text(factor)}")
     x, colours = _planes(raster, resolve_device(device))
-    k = bilinear_kernel(factor)
-    p = (factor - factor % 2) // 2
+    k = np.outer(_bilinear_1d(fh), _bilinear_1d(fw))
+    n, c = x.shape[:2]
     extended = pad(x, (1, 1, 1, 1), "replicate")
-    y = transpose_conv(extended, k, stride=factor, padding=p)[..., factor:-factor, factor:-factor]
+    weights = torch.as_tensor(k, dtype=x.dtype, device=x.device)[None, None]
+    y = F.conv_transpose2d(extended.reshape(n * c, 1, h + 2, w + 2), weights, stride=(fh, fw),
+                           padding=((fh - fh % 2) // 2, (fw - fw % 2) // 2))
+    y = y.reshape(n, c, *y.shape[-2:])[..., fh:-fh, fw:-fw]
     return _back(y, colours, raster)
 
 

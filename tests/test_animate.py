@@ -360,11 +360,9 @@ def test_a_large_input_file_is_refused_unread(tmp_path):
      "convolution and pooling pad as torch does (zeros; max pooling ignores its padding)"),
     (["-k", "1", "--transposed", "--padding", "same", "IN"], "padding 'same' has no meaning for a transposed "
      "convolution: give a number of cells (valid is 0)"),
-    (["--pool", "max", "--size", "2x3", "IN"], "--size 2x3: pooling windows are square (as kernelcli pool); give "
-     "--size N"),
     (["--pool", "max", "--size", "2", "--padding", "2", "IN"], "pool padding 2 must be at most half the window (1)"),
     (["--pool", "max", "--dilation", "2", "IN"], "pooling takes no dilation (as kernelcli pool)"),
-    (["-k", "1", "--size", "3x", "--trace"], "--size '3x': write N or HxW, e.g. 2 or 5x7"),
+    (["-k", "1", "--size", "3x", "--trace"], "invalid value for '--size': '3x': write N or HxW (e.g. 3 or 3x5)"),
     (["-k", "1 2 3", "--padding", "valid", "--size", "2"], "step 'conv 1x3' leaves nothing of a 2x2 input"),
     (["-k", "sobel", "IN"], "kernel 'sobel' is combined; animate takes a plain matrix"),
     (["-k", "1", "IN", "-o", "-", "--trace"], "--trace prints to stdout; write the animation to a file with -o FILE"),

@@ -120,12 +120,20 @@ def test_corrupt_file_in_the_middle(tree, tmp_path):
     assert all(r["status"] == "ok" and r["error"] is None for r in lines if r is not bad[0])
 
 
-def test_missing_path_in_a_batch_is_recorded(tree, tmp_path):
+def test_missing_named_path_stops_a_batch_before_any_work(tree, tmp_path):
+    """Issue 22: a path named on the command line is checked before any work (exit 2, nothing
+    written); a missing path in a --files-from list is a recorded failure (the batch goes on)."""
     root, _ = tree
     result = run("apply", "-k", "blur", root / "a.png", root / "nope.png", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr == f"kernelcli: error: {root / 'nope.png'}: no such file\n"
+    assert not (tmp_path / "out").exists()
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{root / 'a.png'}\n{root / 'nope.png'}\n")
+    result = run("apply", "-k", "blur", "--files-from", listing, "-o", f"{tmp_path / 'out'}/")
     assert result.exit_code == 3
     assert "nope.png: no such file" in result.stderr
-    assert outputs(tmp_path / "out") == ["a.png"]
+    assert [p.name for p in (tmp_path / "out").rglob("*.png")] == ["a.png"]
 
 
 def test_clobber_refused_before_any_work(tree, tmp_path):

@@ -460,7 +460,8 @@ def test_16_bit_colour_into_an_8_bit_format_is_refused(tmp_path, rng):
     result = run("apply", "-k", "blur", tmp_path / "in.png", "-o", tmp_path / "out.jpg")
     assert result.exit_code != 0
     out = tmp_path / "out.jpg"
-    assert result.stderr == f"kernelcli: error: {out}: JPEG cannot hold 16-bit colour; write .png or .tif\n"
+    assert result.stderr == (f"kernelcli: error: {out}: JPEG holds 8 bits per channel, the result is 16-bit colour; "
+                             "write .png, .tif or .ppm to keep 16 bits, or pass --depth 8\n")
     assert not (tmp_path / "out.jpg").exists()
 
 

@@ -82,8 +82,7 @@ def _silence_stdout():
 
 @click.group(cls=Group, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="kernelcli")
-@click.option("--no-server", is_flag=True, expose_value=False,
-              help="Run in this process, not through the resident server (also: KERNELCLI_SERVER=off).")
+@common.no_server
 @common.group_verbosity
 def main():
     """Filter images with named convolution kernels, on the CPU or a GPU.
@@ -107,7 +106,7 @@ def main():
 
 for _module in (kernels, apply, grid, toolkit, learn, explain, animate, server, bench):
     for _command in _module.COMMANDS:
-        main.add_command(_command)
+        main.add_command(common.everywhere(_command))
 
 
 def entry() -> None:

@@ -20,8 +20,8 @@ INPUT_BYTES = 1 << 20  # an input of at most 16x16 numbers is far smaller; anyth
 @click.option("--pool", type=click.Choice(["max", "avg"]), help="Animate max or average pooling (window: --size).")
 @click.option("--transposed", is_flag=True, help="Transposed convolution (as kernelcli transpose), drawn as the "
               "equivalent direct convolution over the input with zeros inserted.")
-@click.option("--size", "size_text", metavar="N|HxW", help="Without INPUT: the input size of a diagram without "
-              "numbers. With --pool: the window side  [default: 2].")
+@click.option("--size", "size", type=common.SHAPE, metavar="N|HxW", help="Without INPUT: the input of a diagram "
+              "without numbers, N (N×N) or HxW cells. With --pool: the window, N or HxW  [default: 2].")
 @common.border
 @common.padding
 @common.stride
@@ -38,7 +38,7 @@ INPUT_BYTES = 1 << 20  # an input of at most 16x16 numbers is far smaller; anyth
 @common.max_memory
 @common.kernel_files
 @common.verbosity
-def animate(source, spec, pool, transposed, size_text, border, padding, stride, dilation, convolve, output, fmt,
+def animate(source, spec, pool, transposed, size, border, padding, stride, dilation, convolve, output, fmt,
             delay, trace, overwrite, max_memory, kernel_files, max_kernel, verbosity):
     """Draw, frame by frame, a kernel sliding over a small grid of numbers: the padding,
     the kernel's footprint with its weights, the products and their sum, and the output
@@ -64,15 +64,7 @@ def animate(source, spec, pool, transposed, size_text, border, padding, stride, 
     given = {name: ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
              for name in ("border", "padding", "stride")}
     op = pool or ("transposed" if transposed else "conv")
-    _check_request(source, spec, pool, transposed, size_text, convolve, output, trace, given["border"])
-    out_fmt = None
-    if output is not None:
-        out_fmt = runner.picture_output(output, fmt or ("gif" if output == "-" else None), overwrite,
-                                        [source] if source else [])
-        if out_fmt not in ("GIF", "PNG"):
-            raise UsageError(f"{output}: animations are written as .gif or .png (APNG)")
-    size = _size(size_text) if size_text else None
-    budget = common.size(max_memory)
+    _check_request(source, spec, pool, transposed, size, convolve, output, trace, given["border"])
     weights = anchor = label = None
     if spec is not None:
         from ..kernels import is_inline_spec
@@ -83,28 +75,32 @@ def animate(source, spec, pool, transposed, size_text, border, padding, stride, 
         kernel = kernel.flipped() if convolve else kernel
         weights, anchor = kernel.weights, kernel.anchor
         label = "x".join(map(str, kernel.shape)) + ("" if is_inline_spec(spec) else f" {kernel.name}")
-    window = None
+    window = pool_stride = None
     if pool:
         window = size or (2, 2)
-        if window[0] != window[1]:
-            raise UsageError(f"--size {size_text}: pooling windows are square (as kernelcli pool); give --size N")
-        stride = stride if given["stride"] else window[0]
+        pool_stride = stride if given["stride"] else window  # as torch: the window, unless --stride
     if op != "conv" and not given["padding"]:
-        padding = "0"
+        padding = 0
     geometry = common.geometry_of(border, padding, stride, dilation)
-    if source is not None:
+    if source is not None:  # the options, then the input, then the output
         runner.check_input(source)
+    out_fmt = None
+    if output is not None:
+        out_fmt = runner.picture_output(output, fmt or ("gif" if output == "-" else None), overwrite,
+                                        [source] if source else [])
+        if out_fmt not in ("GIF", "PNG"):
+            raise UsageError(f"{output}: animations are written as .gif or .png (APNG)")
     data = _read(source) if source is not None else size
     scene = plan(data, op, weights=weights, window=window, geometry=geometry, anchor=anchor, flipped=convolve,
-                 name={None: "--size", "-": "stdin"}.get(source, source), kernel_label=label)
+                 name={None: "--size", "-": "stdin"}.get(source, source), kernel_label=label, pool_stride=pool_stride)
     if trace:
         click.echo(trace_text(scene), nl=False)
     if output is not None:
-        data = encode(scene, out_fmt, delay, max_memory=budget)
+        data = encode(scene, out_fmt, delay, max_memory=max_memory)
         runner.emit(output, data, overwrite, f" ({len(scene.cells) + 1} frames)", verbosity)
 
 
-def _check_request(source, spec, pool, transposed, size_text, convolve, output, trace, border_given) -> None:
+def _check_request(source, spec, pool, transposed, size, convolve, output, trace, border_given) -> None:
     """Combinations of options that cannot be drawn, refused before any work."""
     if spec is None and pool is None:
         raise UsageError("nothing to animate: give -k KERNEL (a convolution) or --pool max|avg")
@@ -112,10 +108,10 @@ def _check_request(source, spec, pool, transposed, size_text, convolve, output, 
         raise UsageError("give -k KERNEL or --pool, not both")
     if transposed and pool:
         raise UsageError("--transposed takes a kernel (-k), not --pool")
-    if source is None and size_text is None:
+    if source is None and size is None:
         raise UsageError("no input: give INPUT (CSV, .npy, a gray image, or - for stdin), or --size HxW for a "
                          "diagram without numbers")
-    if source is not None and size_text is not None and not pool:
+    if source is not None and size is not None and not pool:
         raise UsageError("--size is the input size of a diagram without numbers (no INPUT) or, with --pool, the "
                          "window; drop INPUT or --size")
     if border_given and (pool or transposed):
@@ -127,16 +123,6 @@ def _check_request(source, spec, pool, transposed, size_text, convolve, output, 
         raise UsageError("nowhere to draw: give -o FILE (.gif or .png), -o - for stdout, or --trace")
     if output == "-" and trace:
         raise UsageError("--trace prints to stdout; write the animation to a file with -o FILE")
-
-
-def _size(text: str) -> tuple[int, int]:
-    """``--size``: N (square) or HxW, each at least 1."""
-    import re
-
-    m = re.fullmatch(r"([1-9]\d*)(?:x([1-9]\d*))?", text.strip())
-    if not m:
-        raise UsageError(f"--size {text!r}: write N or HxW, e.g. 2 or 5x7")
-    return int(m.group(1)), int(m.group(2) or m.group(1))
 
 
 def _read(source: str):

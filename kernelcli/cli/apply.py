@@ -14,9 +14,9 @@ EXIT_CODES = ("Exit codes: 0 all done; 1 runtime failure (a single input failed,
 
 
 @click.command(context_settings=CONTEXT, epilog=EXIT_CODES)
-@click.option("-k", "--kernel", "kernel_specs", multiple=True, required=True, metavar="KERNEL",
+@click.option("-k", "--kernel", "kernel_specs", multiple=True, metavar="KERNEL",
               shell_complete=common.complete_kernels,
-              help='Kernel name or inline matrix ("0,-1,0; -1,5,-1; 0,-1,0"); repeat to chain.')
+              help='Kernel name or inline matrix ("0,-1,0; -1,5,-1; 0,-1,0"); repeat to chain  [required].')
 @click.argument("inputs", nargs=-1, metavar="INPUT...", type=click.Path(allow_dash=True))
 @click.option("-o", "--output", metavar="PATH", help="Output file, folder (several inputs, a folder input, "
               "or a name ending in /), or - for stdout  [default: beside each input; stdout when INPUT is -].")
@@ -32,6 +32,7 @@ EXIT_CODES = ("Exit codes: 0 all done; 1 runtime failure (a single input failed,
 @click.option("--format", "fmt", type=common.FormatChoice(), metavar="EXT",
               help="Output format (converts on the way): any extension -o takes (png, jpg, gif, tif, npy, csv, …).")
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG/WebP quality.")
+@common.depth
 @common.overwrite
 @click.option("--skip-existing", is_flag=True, help="Keep existing outputs and skip their inputs (resume a run).")
 @click.option("--report", "report_path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
@@ -50,9 +51,9 @@ EXIT_CODES = ("Exit codes: 0 all done; 1 runtime failure (a single input failed,
 @common.geometry
 @common.kernel_files
 @click.pass_context
-def apply(ctx, kernel_specs, inputs, quality, stats, verbosity, flatten_on, max_pixels, allow_truncated, kernel_files,
-          max_kernel, border, padding, stride, dilation, convolve, color, map_mode, scale, bias, device, max_memory,
-          **batch):
+def apply(ctx, kernel_specs, inputs, quality, depth, stats, verbosity, flatten_on, max_pixels, allow_truncated,
+          kernel_files, max_kernel, border, padding, stride, dilation, convolve, color, map_mode, scale, bias, device,
+          max_memory, **batch):
     """Filter images (files, folders, .npy/.csv arrays, or - for stdin) with kernels.
 
     \b
@@ -73,10 +74,12 @@ def apply(ctx, kernel_specs, inputs, quality, stats, verbosity, flatten_on, max_
 
     runner.warm_torch()  # ~1 s, overlapped with loading the library
     library = runner.load_library(kernel_files, max_kernel)
+    if not kernel_specs:
+        raise click.UsageError("missing option '-k' / '--kernel'" + common.kernel_hint(inputs, library))
     options = common.build_options(border, padding, stride, dilation, convolve, color, map_mode, scale, bias, device,
                                    max_memory, stats=stats)
     report = runner.apply_paths(
-        inputs, kernel_specs, library=library, options=options, quality=quality, stats=stats,
+        inputs, kernel_specs, library=library, options=options, quality=quality, stats=stats, depth=depth,
         limits=common.limits(max_pixels, allow_truncated), background=parse_color(flatten_on) if flatten_on else None,
         batch=runner.Batch(verbosity=verbosity, **{**batch, "include": tuple(batch["include"]),
                                                    "exclude": tuple(batch["exclude"])}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import runner
+from ..console import say
 from ..errors import UsageError
 from . import common
 from .common import CONTEXT
@@ -14,7 +15,7 @@ from .common import CONTEXT
                "output written; 2 usage or configuration error.")
 @common.kernel_option
 @click.option("--all", "all_kernels", is_flag=True, help="Every kernel of the library (with yours), "
-              "but the multi-channel ones.")
+              "but the multi-channel ones (it names them; add one with -k).")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path(allow_dash=True))
 @click.option("-o", "--output", required=True, metavar="PATH", help="The sheet (.png, .jpg, …), or - for stdout.")
 @click.option("--transpose", is_flag=True, help="One row per kernel, one column per input.")
@@ -27,7 +28,7 @@ from .common import CONTEXT
 @click.option("--background", default="white", show_default=True, metavar="COLOR", help="Sheet colour.")
 @click.option("--format", "fmt", type=common.FormatChoice(images_only=True), metavar="EXT",
               help="Format for stdout: an image extension -o takes (png, jpg, gif, …)  [default: png].")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@common.overwrite
 @common.verbosity
 @common.input_limits
 @common.geometry
@@ -50,9 +51,13 @@ def grid(kernel_specs, all_kernels, inputs, output, transpose, cols, no_labels, 
     kernels = [k for k in library if k.kind != "multi-channel"] if all_kernels else []
     kernels += [k for k in (library.resolve(s) for s in kernel_specs) if k not in kernels]
     if not kernels:
-        raise UsageError("no kernels: give -k KERNEL (repeatable) or --all")
+        raise UsageError("no kernels: give -k KERNEL (repeatable) or --all" + common.kernel_hint(inputs, library))
     if cell != "full" and not (cell.isdigit() and int(cell) > 0):
         raise UsageError(f"--cell {cell!r}: give a number of pixels or full")
+    left_out = [k.name for k in library if k.kind == "multi-channel" and k not in kernels] if all_kernels else []
+    if left_out and verbosity >= runner.NORMAL:
+        say(f"--all leaves out the multi-channel kernels {', '.join(left_out)}: each needs images of a given "
+            "number of channels; add one with -k NAME")
     sheet = runner.Sheet(transpose, cols, not no_labels, show_kernels, None if cell == "full" else int(cell), gap,
                          background)
     runner.make_grid(inputs, kernels, output, sheet=sheet, fmt=fmt, overwrite=overwrite,

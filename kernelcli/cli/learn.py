@@ -16,7 +16,8 @@ from .common import CONTEXT
 @click.command(context_settings=CONTEXT)
 @click.argument("source", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
 @click.argument("target", metavar="TARGET", type=click.Path(exists=True, dir_okay=False))
-@click.option("--size", "size_text", default="3x3", show_default=True, metavar="HxW", help="Kernel size to learn.")
+@click.option("--size", "shape", type=common.SHAPE, default="3", show_default=True, metavar="N|HxW",
+              help="The kernel to learn: N (N×N) or HxW weights.")
 @click.option("--per-channel", is_flag=True, help="One kernel per colour channel instead of one for all.")
 @common.border
 @common.padding
@@ -25,12 +26,12 @@ from .common import CONTEXT
 @click.option("--json", "as_json", is_flag=True, help="Print the kernel and the fit as JSON.")
 @click.option("--save", "save_name", metavar="NAME", help="Add the learned kernel to a kernel library.")
 @click.option("--to", "save_to", metavar="FILE", type=click.Path(dir_okay=False),
-              help=f"Library file for --save  [default: {runner.app_dir()}/kernels.yaml].")
-@click.option("--overwrite", is_flag=True, help="Let --save replace a kernel of the same name.")
+              help="Library file for --save  [default: your kernel file, the second one listed below].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output: with --save, a kernel of the same name.")
 @common.max_memory
 @common.kernel_files
 @common.verbosity
-def learn(source, target, size_text, per_channel, border, padding, stride, dilation, as_json, save_name, save_to,
+def learn(source, target, shape, per_channel, border, padding, stride, dilation, as_json, save_name, save_to,
           overwrite, max_memory, kernel_files, max_kernel, verbosity):
     """Find the kernel that turns INPUT into TARGET (linear least squares).
 
@@ -41,18 +42,17 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
     \b
     Examples:
       kernelcli apply -k sharpen samples/camera.png -o sharp.npy
-      kernelcli learn samples/camera.png sharp.npy --size 3x3
+      kernelcli learn samples/camera.png sharp.npy --size 3
       kernelcli learn samples/camera.png sharp.npy --save my-sharpen
     """
     from ..images import read
     from ..toolkit import learn as learn_
 
-    shape = _size(size_text)
     save_path = Path(save_to) if save_to else runner.app_dir() / "kernels.yaml"
     if save_name:
         runner.check_save(runner.load_library(kernel_files, max_kernel), save_name, overwrite, save_path)
     fit = learn_(read(source), read(target), shape, common.geometry_of(border, padding, stride, dilation),
-                 per_channel=per_channel, max_memory=common.size(max_memory))
+                 per_channel=per_channel, max_memory=max_memory)
     _print_fit(fit, as_json, verbosity)
     if not fit.explained:
         warn(f"{target} is not explained by a {shape[0]}x{shape[1]} kernel of {source} "
@@ -66,15 +66,6 @@ def learn(source, target, size_text, per_channel, border, padding, stride, dilat
                     f"(relative error {fit.relative_error:.2g}).", overwrite=overwrite, max_kernel=max_kernel)
         if verbosity >= runner.VERBOSE:
             say(f"saved {save_name!r} to {save_path}")
-
-
-def _size(text):
-    import re
-
-    m = re.fullmatch(r"(\d+)x(\d+)", text)
-    if not m or not all(int(v) > 0 for v in m.groups()):
-        raise UsageError(f"--size {text!r}: write HxW, e.g. 3x3")
-    return int(m.group(1)), int(m.group(2))
 
 
 def _rounded(fit):
