@@ -16,7 +16,7 @@ import string
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import KernelcliError, UsageError, WriteError
 
@@ -148,9 +148,18 @@ def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), av
 
             objects = list_objects(as_path(given), recursive=recursive, avoid=avoid)
             if len(objects) == 1 and objects[0][0] == as_path(given):  # the one object named: taken as given
-                sources.append(Source(*objects[0]))
-            else:  # a prefix: its image objects, as the files of a folder
-                sources += [Source(o, rel, True) for o, rel in objects if _wanted(rel, include, exclude)]
+                sources.append(Source(objects[0][0], PurePosixPath(objects[0][1])))
+                continue
+            for o, key in objects:  # a prefix: its image objects, as the files of a folder
+                rel = PurePosixPath(key)
+                if not any(part in ("", ".", "..") for part in key.split("/")):
+                    if _wanted(rel, include, exclude):
+                        sources.append(Source(o, rel, True))
+                elif rel.suffix.lower() in IMAGE_EXTENSIONS and _matches(rel, include, exclude):
+                    # S3 keeps keys as written: in//x.png, in/../x.png are no path to mirror under -o
+                    bad.append(Job(Source(o, PurePosixPath(rel.name), True), [], error=(
+                        f"{o}: the key has an empty, '.' or '..' part, which cannot be mirrored inside the "
+                        "output folder; refused (rename the object)")))
             continue
         path = Path(given)
         kind = _kind(path)
@@ -250,10 +259,23 @@ def _wanted(rel, include, exclude) -> bool:
             and _matches(rel, include, exclude))
 
 
-def read_list(data: bytes, null: bool) -> list[str]:
-    """Paths from --files-from: one per line, or NUL-separated with --null."""
+MAX_LIST_BYTES = 128 << 20  # a --files-from list: about a million paths
+MAX_LIST_ENTRY = 16 << 10  # one path or URL in it: longer than any a system opens (PATH_MAX is 4096)
+
+
+def read_list(data: bytes, null: bool, name: str = "-") -> list[str]:
+    """Paths from --files-from ``name``: one per line, or NUL-separated with --null. A list over
+    MAX_LIST_BYTES (``data`` may hold one byte more, to tell) or an entry over MAX_LIST_ENTRY
+    bytes is a usage error that never shows the entry."""
+    if len(data) > MAX_LIST_BYTES:
+        raise UsageError(f"--files-from {name}: the list is longer than {MAX_LIST_BYTES >> 20} MiB; "
+                         "split it into several runs, or name the folders instead")
     text = data.decode("utf-8", errors="surrogateescape")
     items = text.split("\0") if null else text.splitlines()
+    for number, item in enumerate(items, 1):
+        if len(item) > MAX_LIST_ENTRY:
+            raise UsageError(f"--files-from {name}: {'entry' if null else 'line'} {number} is longer than "
+                             f"{MAX_LIST_ENTRY} characters, longer than any path or URL; is it a list of paths?")
     return [item for item in items if item.strip()] if not null else [item for item in items if item]
 
 
@@ -278,6 +300,8 @@ def inside(base: Path, sub: Path, name: str, template: str) -> Path:
     """``base / sub / name`` for a name filled from ``template``, refused (UsageError) unless
     it stays inside ``base``: no absolute name, no ``..``, ``.`` or empty part (an empty
     {parent}), and no symlinked folder on the way that leads out of ``base``."""
+    if Path(sub).is_absolute() or ".." in Path(sub).parts:  # an input's place: found inputs never have one
+        raise UsageError(f"{base}: an input's sub-folder {sub} leads outside the output folder")
     path = base / sub / name
     parts = name.replace(os.sep, "/").split("/")
     if os.path.isabs(name) or any(p in ("", ".", "..") for p in parts):

@@ -453,9 +453,10 @@ def _locate(inputs, b: Batch):
     where = StorageOptions.parse(b.storage_options)
     inputs, output = tuple(locate(p, where) for p in inputs), b.output and locate(b.output, where)
     report_path = locate(b.report_path, where) if b.report_path and b.report_path != "-" else b.report_path
+    files_from = locate(b.files_from, where) if b.files_from and b.files_from != "-" else b.files_from
     if ("-" in inputs or output == "-") and any("://" in str(p) for p in (*inputs, output)):
         raise UsageError("- (stdin/stdout) works with local files only; write to a file or s3:// instead")
-    return inputs, replace(b, output=output, report_path=report_path)
+    return inputs, replace(b, output=output, report_path=report_path, files_from=files_from)
 
 
 def apply_paths(inputs, kernels, *, batch: Batch = Batch(), options=None, quality: int = 95, stats: bool = False,
@@ -516,8 +517,12 @@ def _plan(inputs, renderer: Renderer, b: Batch, library=None) -> _Plan:
 
     listed = []
     if b.files_from is not None:
-        data = sys.stdin.buffer.read() if b.files_from == "-" else storage.read_list_bytes(b.files_from)
-        listed = batch.read_list(data, b.null)
+        try:
+            data = (sys.stdin.buffer.read(batch.MAX_LIST_BYTES + 1) if b.files_from == "-"
+                    else storage.read_list_bytes(b.files_from, batch.MAX_LIST_BYTES))
+        except OSError as exc:
+            raise UsageError(f"--files-from {b.files_from}: cannot read: {exc.strerror or exc}") from None
+        listed = batch.read_list(data, b.null, str(b.files_from))
     many = b.each and len(renderer.kernels) > 1
     output = b.output
     dir_mode = bool(output) and (
@@ -557,8 +562,16 @@ def _check_plan(p: _Plan, b: Batch) -> None:
             format_for_path(o.path)
     if b.report_path and b.report_path != "-":
         batch.check_report(batch._path(b.report_path), p.jobs, overwrite=b.overwrite)
-    remove_stale_temps(o.path.parent for j in p.jobs for o in j.outputs  # stores have none: one PUT each
+    remove_stale_temps(o.path.parent for j in p.jobs for o in j.outputs
                        if not batch._is_url(o.path) and o.path.parent.is_dir())
+    stored = [o.path for j in p.jobs for o in j.outputs if batch._is_url(o.path)]  # [storage] a killed run's
+    if b.report_path and batch._is_url(b.report_path):                           # incomplete uploads
+        stored.append(batch._path(b.report_path))
+    if stored:
+        from .storage import abort_stale_uploads
+
+        for url in abort_stale_uploads(stored):
+            warn(f"{url}: aborted an incomplete upload left by an interrupted kernelcli run")
 
 
 def _run_batch(torch_loading, renderer: Renderer, inputs, b: Batch, library=None):
