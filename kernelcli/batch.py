@@ -515,7 +515,7 @@ class Prefetch:
                     self._futures[path] = future
                 try:
                     raster = read(path)
-                except KernelcliError as exc:
+                except Exception as exc:  # the job that takes it raises it (a MemoryError too): never left waiting
                     future.set_exception(exc)
                 else:
                     used += raster.pixels.nbytes

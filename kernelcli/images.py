@@ -52,6 +52,11 @@ class Limits:
 
 _truncated_lock = threading.Lock()
 
+# kernelcli checks every header against its own Limits (and the memory budget) before decoding;
+# Pillow's own limit would only warn between 89.5 and 179 MP (a raw DecompressionBombWarning)
+# and refuse above, before kernelcli could say which limit and how to raise it. Off, in one place.
+Image.MAX_IMAGE_PIXELS = None
+
 
 @dataclass
 class Raster:
@@ -141,9 +146,30 @@ def read_regular(path: str | Path, limit: int, name: str | None = None) -> bytes
         if not stat.S_ISREG(mode):
             raise ImageError(f"{name}: not a regular file (a FIFO, device or socket); refused")
         try:
-            return fh.read(limit)
+            return read_capped(fh, limit)
         except OSError as exc:
             raise ImageError(f"{name}: cannot read: {exc.strerror or exc}") from None
+
+
+def read_capped(fh, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a binary file object, in pieces sized by the file's own size
+    where it has one (else 1 MiB, growing to 64 MiB): ``fh.read(limit)`` would reserve ``limit``
+    bytes first (Python allocates the whole request), 1 GiB for a 7 KB image, which a process
+    under ``ulimit -v`` does not have (and ``-j N`` reserves N times)."""
+    try:
+        size = os.fstat(fh.fileno()).st_size if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else None
+    except (OSError, AttributeError, ValueError):
+        size = None
+    want = min(limit, size + 1 if size is not None else 1 << 20)
+    pieces, total = [], 0
+    while total < limit:
+        piece = fh.read(min(want, limit - total))
+        if not piece:
+            break
+        pieces.append(piece)
+        total += len(piece)
+        want = min(max(want, 1 << 20) * 2, 64 << 20)
+    return b"".join(pieces)
 
 
 def _read_array(name: str, src, fmt: str) -> Raster:
@@ -212,7 +238,6 @@ _DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexE
 
 def _decode(name: str, data: bytes, limits: Limits) -> Raster:
     notes = []
-    Image.MAX_IMAGE_PIXELS = None  # kernelcli checks the header itself, below, with its own limits
     try:
         img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         width, height = img.size
@@ -450,7 +475,7 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
     """Encode a Raster whose pixels are already mapped to its bit depth (or raw for arrays).
     ``background`` (an RGB tuple) flattens transparency for formats without alpha."""
     buf = io.BytesIO()
-    if raster.pixels.dtype.kind == "f" and not np.isfinite(raster.pixels).all():
+    if raster.pixels.dtype.kind == "f" and not _all_finite(raster.pixels):
         raise ImageError(f"{name}: the result holds NaN or infinite values (an overflow?); nothing written")
     if raster.alpha is not None and fmt in _NO_ALPHA and background is not None:
         raster = flatten(raster, background)
@@ -485,6 +510,15 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
     return buf.getvalue()
 
 
+def _all_finite(pixels: np.ndarray) -> bool:
+    """Every value finite, without a boolean copy of the whole: a finite sum proves it (NaN or
+    infinity anywhere makes it NaN or infinite); an overflowed sum is checked row block by block."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(pixels.sum()):
+            return True
+    return all(np.isfinite(pixels[..., i:i + 64, :]).all() for i in range(0, pixels.shape[-2], 64))
+
+
 def to_pil(raster: Raster, fmt: str = "PNG", name: str = "output") -> Image.Image:
     """The PIL image of a mapped Raster (pixels already rounded into 0..maxval)."""
     c = raster.pixels.shape[0]
@@ -505,7 +539,8 @@ def to_pil(raster: Raster, fmt: str = "PNG", name: str = "output") -> Image.Imag
         if fmt in _NO_ALPHA:
             raise UsageError(f"{name}: {fmt} cannot store transparency; pass --background COLOR to flatten it, "
                              "or write .png, .webp or .tif")
-        arr = np.dstack([arr, raster.alpha])
+        colour, arr = arr, np.empty((*arr.shape[:2], c + 1), dtype=np.uint8)  # one 8-bit copy, not a float one
+        arr[..., :c], arr[..., c] = colour, raster.alpha
     arr = np.ascontiguousarray(arr, dtype=np.uint8)
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)  # L, LA, RGB or RGBA
 

@@ -88,7 +88,7 @@ class Renderer:
         from .budget import probe
         from .filters import check_memory
 
-        raster = probe(source)
+        raster = probe(source, self.limits)
         for group in groups if raster is not None else ():
             check_memory(raster, list(group), self._options(raster, fmt), name=str(source))
 
@@ -309,7 +309,9 @@ def check_save(library, name, overwrite, path: Path) -> None:
 
 def read_stdin(limit: int = 1 << 30) -> bytes:
     """All of stdin, up to ``limit`` bytes (one more is read to tell "too much")."""
-    data = sys.stdin.buffer.read(limit + 1)
+    from .images import read_capped
+
+    data = read_capped(sys.stdin.buffer, limit + 1)
     if len(data) > limit:
         from .images import ImageError
 
@@ -513,12 +515,12 @@ class _Plan:
 def _plan(inputs, renderer: Renderer, b: Batch, library=None) -> _Plan:
     """Inputs → jobs with their outputs; every refusal comes here, before any work."""
     from . import batch, storage
-    from .images import extension_for, format_for_path
+    from .images import extension_for, format_for_path, read_capped
 
     listed = []
     if b.files_from is not None:
         try:
-            data = (sys.stdin.buffer.read(batch.MAX_LIST_BYTES + 1) if b.files_from == "-"
+            data = (read_capped(sys.stdin.buffer, batch.MAX_LIST_BYTES + 1) if b.files_from == "-"
                     else storage.read_list_bytes(b.files_from, batch.MAX_LIST_BYTES))
         except OSError as exc:
             raise UsageError(f"--files-from {b.files_from}: cannot read: {exc.strerror or exc}") from None
@@ -608,6 +610,7 @@ def _run_batch(torch_loading, renderer: Renderer, inputs, b: Batch, library=None
 def _local_process(p: _Plan, renderer: Renderer, b: Batch, torch_loading):
     """The per-job function of a local run: prefetched reads, the renderer, atomic writes."""
     from . import batch, storage
+    from .budget import MEMORY_ERRORS, job_failure
     from .images import format_for_path
 
     if p.single and p.jobs[0].outputs and not batch._is_url(p.jobs[0].source.path):  # from the header
@@ -623,10 +626,16 @@ def _local_process(p: _Plan, renderer: Renderer, b: Batch, torch_loading):
     check_device(renderer.options.device if renderer.options is not None else None)
 
     def process(j, stop):
-        return batch.process_job(
-            j, read=prefetch.take, stop=stop,
-            render=lambda raster, group, path: renderer(raster, group, format_for_path(path), path),
-            write=lambda path, data: storage.write(path, data, overwrite=b.overwrite))
+        try:
+            return batch.process_job(
+                j, read=prefetch.take, stop=stop,
+                render=lambda raster, group, path: renderer(raster, group, format_for_path(path), path),
+                write=lambda path, data: storage.write(path, data, overwrite=b.overwrite))
+        except MEMORY_ERRORS as exc:  # over the budget, or an allocation failed: this input fails, named
+            failure = job_failure(j.source.path, exc)
+            if failure is None:
+                raise
+            raise failure from None
 
     return process
 

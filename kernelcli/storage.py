@@ -748,7 +748,12 @@ def _parse_date(text):
 
 def _same_bytes(path, data: bytes) -> bool:
     try:
-        existing = read_bytes(path, len(data)) if isinstance(path, ObjectPath) else Path(path).read_bytes()
+        if isinstance(path, ObjectPath):
+            existing = read_bytes(path, len(data))
+        else:  # never more than it takes to tell, never a FIFO in the output's place
+            from .images import read_regular
+
+            existing = read_regular(path, len(data) + 1)
     except (ImageError, OSError):
         return False
     return existing == data
@@ -818,5 +823,7 @@ def read_list_bytes(text, limit: int) -> bytes:
             return read_bytes(path, limit)
         except ImageError as exc:
             raise UsageError(f"--files-from {exc}") from None
+    from .images import read_capped
+
     with open(path, "rb") as fh:
-        return fh.read(limit + 1)
+        return read_capped(fh, limit + 1)
