@@ -155,3 +155,12 @@ def test_the_upsampling_estimate_covers_the_measured_peak(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for factor, h, w, channels, out, need, peak in json.loads(proc.stdout):
         assert need >= peak, f"--factor {factor} on {w}x{h}x{channels} to {out}: estimate {need >> 20} MiB < peak {peak >> 20} MiB"
+
+
+def test_an_allocation_that_fails_in_a_single_file_command_is_one_line(address_space, tmp_path):
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "small.png")
+    proc = limited(address_space, "upsample", "--factor", "150", "small.png", "-o", "big.png", "--max-memory", "100G",
+                   cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("kernelcli: error: not enough memory (") and proc.stderr.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["small.png"]

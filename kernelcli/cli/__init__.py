@@ -67,6 +67,14 @@ class Group(click.Group):
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly
             _silence_stdout()
             ctx.exit(1)
+        except (MemoryError, RuntimeError) as exc:  # an allocation failed (a batch fails that input alone)
+            from ..budget import out_of_memory
+
+            reason = out_of_memory(exc)
+            if reason is None:
+                raise  # a bug: its traceback shows
+            error(f"not enough memory ({reason}); --max-memory sets the budget jobs are checked against")
+            ctx.exit(1)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside a batch (a batch says more)
             error("interrupted")
             ctx.exit(runner.interrupt_code(exc))
