@@ -316,16 +316,27 @@ def inside(base: Path, sub: Path, name: str, template: str) -> Path:
     return path
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, *, name: bool = True) -> None:
     """Refuse, before any work, an output whose folder cannot be made or written: the
-    nearest folder that exists must be a folder we may write in (missing ones are created)."""
-    folder = Path(os.path.abspath(path)).parent
+    nearest folder that exists must be a folder we may write in (missing ones are created);
+    with ``name``, every part still to be made must fit the file system's name length."""
+    whole = Path(os.path.abspath(path))
+    folder = whole.parent
     while not os.path.lexists(folder) and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
         raise UsageError(f"{path}: cannot write here: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{path}: cannot write here: no permission to write in {folder}")
+    if name:
+        try:
+            longest = os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            longest = 255
+        for part in whole.relative_to(folder).parts:
+            if len(os.fsencode(part)) > longest:
+                raise UsageError(f"{path}: cannot write here: a name of {len(os.fsencode(part))} bytes, over the "
+                                 f"{longest} this file system allows")
 
 
 def check_report(path, jobs, *, overwrite: bool) -> None:
@@ -347,7 +358,10 @@ def check_report(path, jobs, *, overwrite: bool) -> None:
         raise UsageError(f"--report {path}: is a directory")
     if os.path.lexists(path) and not overwrite:
         raise UsageError(f"--report {path}: already exists; pass --overwrite to replace it")
-    check_writable(path)
+    try:
+        check_writable(path)
+    except UsageError as exc:
+        raise UsageError(f"--report {exc}") from None
 
 
 def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for=None,
@@ -398,8 +412,11 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
                     raise UsageError(f"{path}: already exists; pass --overwrite to replace it or --skip-existing to keep it")
             outputs.append(Output(path, group, skip))
         jobs.append(Job(s, outputs))
-    for folder in dict.fromkeys(o.path.parent for j in jobs for o in j.outputs if not _is_url(o.path)):
-        check_writable(folder / "x")  # a store's bucket was checked for writing by storage.check_output
+    first = {}  # a store's bucket was checked for writing by storage.check_output
+    for o in (o for j in jobs for o in j.outputs if not _is_url(o.path)):
+        first.setdefault(o.path.parent, o.path)
+    for path in first.values():  # each folder once, named by an output the user will recognise
+        check_writable(path, name=False)  # a name too long fails its input alone, when written
     return jobs
 
 

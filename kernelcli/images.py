@@ -496,6 +496,8 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
         if fast is not None:
             return fast
     img = to_pil(raster, fmt, name)
+    if fmt == "GIF" and img.mode == "LA":  # Pillow's GIF writer drops LA's alpha; from RGBA it keeps it
+        img = img.convert("RGBA")
     options = {}
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = quality

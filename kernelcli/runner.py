@@ -65,6 +65,14 @@ def resolve(kernels, library=None) -> list:
     return [k if isinstance(k, Kernel) else library.resolve(k) for k in kernels]
 
 
+def warn_overrides(specs, kernels) -> None:
+    """Say once per run which kernel a name now means where a later library file replaced it
+    (a kernel of that name, or an alias equal to it): the shipped 'sharpen' is not what runs."""
+    for spec, kernel in dict(zip(map(str, specs), kernels)).items():
+        if getattr(kernel, "overrides", None):
+            warn(f"kernel {spec!r} is {kernel.name!r} from {kernel.source}, which replaces {kernel.overrides}")
+
+
 @dataclass(frozen=True)
 class Renderer:
     """One raster through one group of kernels into encoded bytes (pickled to Dask workers)."""
@@ -83,6 +91,13 @@ class Renderer:
         raw = fmt in ("NPY", "CSV") or (raster.maxval is None and fmt == "TIFF" and raster.pixels.shape[0] == 1)
         return replace(self.options or Options(), raw=raw)
 
+    def check_format(self, fmt, name) -> None:
+        """Refuse a value map for an array output: .npy and .csv keep the raw result (scaled and
+        biased: --scale and --bias apply), which no map fits into a range."""
+        if fmt in ("NPY", "CSV") and self.options is not None and self.options.map is not None:
+            raise UsageError(f"{name}: .{fmt.lower()} keeps the raw values; --map {self.options.map} fits results into "
+                             "an image's range (write an image format, or leave out --map)")
+
     def check_memory(self, source, groups, fmt) -> None:
         """Refuse, from the input's header and before any work, a job over the memory budget."""
         from .budget import probe
@@ -96,6 +111,7 @@ class Renderer:
         from .filters import apply_kernels
         from .images import encode
 
+        self.check_format(fmt, name)
         options = self._options(raster, fmt)
         if raster.maxval is None and not options.raw and options.map is None:  # never clip floats unasked
             raise UsageError(f"{name}: the input holds float values and {fmt} holds 0–255: pass --map normalize "
@@ -473,7 +489,9 @@ def apply_paths(inputs, kernels, *, batch: Batch = Batch(), options=None, qualit
 
     route_warnings()
     library = library or load_library()  # also tells planning which names are kernelcli's own outputs
-    renderer = Renderer(tuple(resolve(kernels, library)), options, quality, stats, limits or _limits(), background)
+    resolved = resolve(kernels, library)
+    warn_overrides(kernels, resolved)
+    renderer = Renderer(tuple(resolved), options, quality, stats, limits or _limits(), background)
     inputs, batch = _locate(tuple(os.fspath(p) for p in inputs), batch)
     if "-" in inputs or batch.output == "-":
         return _stream(inputs, renderer, batch)
@@ -555,13 +573,13 @@ def _plan(inputs, renderer: Renderer, b: Batch, library=None) -> _Plan:
     return _Plan(jobs, groups, single, output)
 
 
-def _check_plan(p: _Plan, b: Batch) -> None:
+def _check_plan(p: _Plan, b: Batch, renderer: Renderer) -> None:
     from . import batch
     from .images import format_for_path
 
     for j in p.jobs:  # output formats are known from the names: check them before any work
         for o in j.outputs:
-            format_for_path(o.path)
+            renderer.check_format(format_for_path(o.path), o.path)
     if b.report_path and b.report_path != "-":
         batch.check_report(batch._path(b.report_path), p.jobs, overwrite=b.overwrite)
     remove_stale_temps(o.path.parent for j in p.jobs for o in j.outputs
@@ -582,7 +600,7 @@ def _run_batch(torch_loading, renderer: Renderer, inputs, b: Batch, library=None
     from . import batch
 
     p = _plan(inputs, renderer, b, library)
-    _check_plan(p, b)
+    _check_plan(p, b, renderer)
     process = None
     if not b.scheduler:  # [cluster] workers read and check the device and the memory budget themselves
         process = _local_process(p, renderer, b, torch_loading)

@@ -94,7 +94,7 @@ def test_report_folder_problems_are_one_line(photos, tmp_path, monkeypatch):
     afile.write_text("x")
     result = run("apply", "-k", "blur", photos, "-o", tmp_path / "out", "--report", afile / "r.jsonl")
     assert result.exit_code == 2
-    assert result.stderr == f"kernelcli: error: {afile / 'r.jsonl'}: cannot write here: {afile} is not a folder\n"
+    assert result.stderr == f"kernelcli: error: --report {afile / 'r.jsonl'}: cannot write here: {afile} is not a folder\n"
     assert not (tmp_path / "out").exists()
     # a read-only folder (simulated: the tests may run as root, who may write anywhere)
     import kernelcli.batch as batch
@@ -103,7 +103,7 @@ def test_report_folder_problems_are_one_line(photos, tmp_path, monkeypatch):
     (tmp_path / "ro").mkdir()
     result = run("apply", "-k", "blur", photos, "-o", tmp_path / "out", "--report", tmp_path / "ro" / "r.jsonl")
     assert result.exit_code == 2
-    assert result.stderr == (f"kernelcli: error: {tmp_path / 'ro' / 'r.jsonl'}: cannot write here: "
+    assert result.stderr == (f"kernelcli: error: --report {tmp_path / 'ro' / 'r.jsonl'}: cannot write here: "
                              f"no permission to write in {tmp_path / 'ro'}\n")
     monkeypatch.undo()
     # a missing folder is created, as for every output

@@ -54,6 +54,11 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
+            os.getcwd()
+        except FileNotFoundError:  # torch's oneMKL aborts while loading there; relative paths lead nowhere
+            error("the current folder no longer exists (deleted while in use?); cd to an existing folder and run again")
+            ctx.exit(2)
+        try:
             with runner.signals():  # SIGTERM as Ctrl-C, through the code's clean-up (exit 143)
                 return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
