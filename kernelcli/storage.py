@@ -131,9 +131,7 @@ class StorageOptions:
             raise UsageError(f"${ENV_OPTIONS}: unbalanced quotes; write KEY=VALUE words separated by spaces") from None
         items = [_item(pair, f"${ENV_OPTIONS}", environ) for pair in from_env]
         items += [_item(pair, "--storage-option", environ) for pair in pairs]
-        options = cls(tuple(items))
-        options.network()  # checked now, before any work
-        return options
+        return cls(tuple(items))
 
     def kwargs(self) -> dict:
         """The fsspec file system's keyword arguments (kernelcli's own network keys left out)."""
@@ -151,18 +149,9 @@ class StorageOptions:
         return out
 
     def network(self) -> Network:
-        values = {}
-        for key, value in self.items:
-            if key not in NETWORK_OPTIONS:
-                continue
-            whole = key == "retries"
-            ok = (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 20 if whole else
-                  isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 86400)
-            if not ok:
-                raise UsageError(f"--storage-option {key}: " + ("give a whole number of retries from 0 to 20" if whole
-                                 else "give a number of seconds above 0 (at most 86400)"))
-            values[NETWORK_OPTIONS[key]] = float(value) if not whole else value
-        return Network(**values)
+        """The deadlines and retries these options set (checked when parsed), else the defaults."""
+        return Network(**{NETWORK_OPTIONS[key]: float(value) if key != "retries" else value
+                          for key, value in self.items if key in NETWORK_OPTIONS})
 
     def redact(self, text: str) -> str:
         """``text`` with the values of secret-looking options (secret, key, token, password …)
@@ -201,9 +190,17 @@ def _item(pair: str, where: str, environ) -> tuple:
             raise UsageError(f"{where} {key}=${name}: the environment variable {name} is not set")
         return key, environ[name]
     try:
-        return key, json.loads(text)
+        value = json.loads(text)
     except ValueError:
-        return key, text
+        value = text
+    if key in NETWORK_OPTIONS:  # kernelcli's own: checked now, before any work
+        whole = key == "retries"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and (float(value).is_integer() and 0 <= value <= 20 if whole else 0 < value <= 86400)):
+            raise UsageError(f"{where} {key}: " + ("give a whole number of retries from 0 to 20" if whole
+                                                   else "give a number of seconds above 0 (at most 86400)"))
+        value = int(value) if whole else value
+    return key, value
 
 
 _FILESYSTEMS: dict = {}  # (protocol, options, credential variables) → fsspec file system
