@@ -268,7 +268,7 @@ def test_an_upload_a_killed_run_left_is_aborted_by_the_next_run_in_that_prefix(s
     for k in (key, other):  # what kill -9 leaves while s3fs uploads an object in parts
         upload = fs.call_s3("create_multipart_upload", Bucket=BUCKET, Key=k)
         fs.call_s3("upload_part", Bucket=BUCKET, Key=k, PartNumber=1, UploadId=upload["UploadId"], Body=b"x" * 1024)
-    time.sleep(2 * 1.5 + 0.5)  # older than twice the total deadline of the next run
+    time.sleep(2 * 1.5 + 2)  # older than twice the total deadline of the next run (the store says whole seconds)
     result = run("apply", "-k", "blur", CAMERA, "-o", f"s3://{prefix}/out/", "--storage-option", "total_timeout=1.5")
     assert result.exit_code == 0, result.stderr
     assert (f"kernelcli: warning: s3://{BUCKET}/{key}: aborted an incomplete upload left by an interrupted "
