@@ -18,6 +18,11 @@ import re
 import sys
 from pathlib import Path
 
+try:
+    import resource  # process limits (loaded here, with the module: a server worker imports nothing per call)
+except ImportError:  # not on this system
+    resource = None
+
 from .errors import ImageError, UsageError
 
 DEFAULT_SHARE = 0.5  # of the available memory
@@ -66,9 +71,7 @@ def limits() -> list[tuple[int, str]]:
 
 def _process_limits() -> list[tuple[int, str]]:
     """RLIMIT_AS against VmSize and RLIMIT_DATA against VmData (/proc/self/status), where set."""
-    try:
-        import resource
-    except ImportError:  # not on this system
+    if resource is None:
         return []
     try:
         status = {line.split(":")[0]: int(line.split()[1]) * 1024
