@@ -313,7 +313,7 @@ def _store_errors() -> tuple:
     return tuple(errors)
 
 
-def _reason(exc: BaseException, path: "ObjectPath | None" = None) -> str:
+def _reason(exc: BaseException, path: "ObjectPath") -> str:
     """A store's exception as the end of a one-line message (secrets of ``path``'s options hidden)."""
     if isinstance(exc, PermissionError):
         text = f"access denied ({exc.strerror or exc}); check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile or --storage-option)"
@@ -321,22 +321,23 @@ def _reason(exc: BaseException, path: "ObjectPath | None" = None) -> str:
         text = f"not found ({exc.strerror or exc})"
     else:
         text = str(exc) or type(exc).__name__
-    return path.options.redact(text) if path is not None else text
+    return path.options.redact(text)
 
 
-def _timeout_reason(exc: BaseException, path) -> str | None:
+def _timeout_reason(exc: BaseException, path: "ObjectPath") -> str | None:
     """A deadline of the client library that passed (connect, read), as what happened, the host
     and the setting that changes it; None for other errors."""
-    net = path.options.network() if path is not None else Network()
-    tries = f" ({net.retries + 1} attempts)" if net.retries else ""
-    kind = type(exc).__name__
-    botocore = sys.modules.get("botocore.exceptions")
-    if (botocore is not None and isinstance(exc, botocore.ConnectTimeoutError)) or kind == "ConnectionTimeoutError":
-        return (f"no connection to {_host(path, exc)} within {net.connect:g} s{tries}; --storage-option "
-                "connect_timeout=SECONDS waits longer")
     import asyncio
 
-    if (botocore is not None and isinstance(exc, botocore.ReadTimeoutError)) or isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+    net = path.options.network()
+    tries = f" ({net.retries + 1} attempts)" if net.retries else ""
+    botocore = sys.modules.get("botocore.exceptions")
+    if (botocore is not None and isinstance(exc, botocore.ConnectTimeoutError)
+            or type(exc).__name__ == "ConnectionTimeoutError"):  # aiohttp's
+        return (f"no connection to {_host(path, exc)} within {net.connect:g} s{tries}; --storage-option "
+                "connect_timeout=SECONDS waits longer")
+    if (botocore is not None and isinstance(exc, botocore.ReadTimeoutError)
+            or isinstance(exc, (TimeoutError, asyncio.TimeoutError))):  # aiohttp's socket read timeout
         return (f"{_host(path, exc)} sent no answer for {net.read:g} s{tries}; --storage-option "
                 "read_timeout=SECONDS waits longer")
     return None
@@ -347,11 +348,9 @@ class Deadline(OSError):
     deadline and the setting that changes it). Not a TimeoutError: fsspec would rename those."""
 
 
-def _host(path, exc=None) -> str:
+def _host(path: "ObjectPath", exc=None) -> str:
     """The host a request went to: the store's endpoint (the URL of a web input names its host)."""
     url = getattr(exc, "kwargs", {}).get("endpoint_url") if exc is not None else None
-    if path is None:
-        return f"the host of {url}" if url else "the server"
     if path.scheme in READ_ONLY:
         return "the web server"
     if not url:
@@ -613,7 +612,7 @@ def _http_read(fs, url: str, limit: int, network: Network):
             try:
                 async with session.get(fs.encode_url(url), **fs.kwargs) as r:
                     if r.status == 404:
-                        raise FileNotFoundError(2, f"404 from host {urlsplit_host(url)!r}")
+                        raise FileNotFoundError(2, "404 Not Found")
                     if r.status >= 500 and not last:
                         raise aiohttp.ServerConnectionError(f"{r.status} {r.reason}")
                     r.raise_for_status()
@@ -631,12 +630,6 @@ def _http_read(fs, url: str, limit: int, network: Network):
             await asyncio.sleep(min(0.25 * 2 ** attempt, 4))
 
     return get()
-
-
-def urlsplit_host(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).netloc
 
 
 def read(path, limits=None):
