@@ -49,7 +49,8 @@ def symmetry(weights) -> list[str]:
 
 def frequency(weights, n: int = 64) -> dict:
     """Summary of |DFT| of the kernel: gain at DC, peak gain and where, and a class:
-    all-pass, low-pass, high-pass, band-pass, high-boost (sharpens) or mixed."""
+    all-pass, low-pass, high-pass, band-pass, high-boost (sharpens), mixed, or zero (every
+    weight 0: it passes nothing, though its flat response would look all-pass)."""
     import numpy as np
 
     w = np.asarray(weights, dtype=np.float64)
@@ -59,7 +60,9 @@ def frequency(weights, n: int = 64) -> dict:
     radius = np.hypot(f[:, None], f[None, :])
     dc, peak, low = gain[0, 0], gain.max(), gain.min()
     nyquist = max(gain[n // 2, n // 2], gain[0, n // 2], gain[n // 2, 0])
-    if peak - low <= 1e-9 * max(peak, 1e-300):
+    if peak == 0:
+        kind = "zero"
+    elif peak - low <= 1e-9 * max(peak, 1e-300):
         kind = "all-pass"
     elif dc >= peak * (1 - 1e-9) and nyquist <= 0.5 * dc:
         kind = "low-pass"
@@ -81,6 +84,7 @@ FREQUENCY_WORDS = {
     "band-pass": "removes flat areas and the finest noise, keeps edges of a middle scale",
     "high-boost": "keeps flat areas and amplifies fine detail (sharpens)",
     "mixed": "changes frequencies unevenly",
+    "zero": "passes nothing: every weight is 0, so the result is 0 everywhere",
 }
 
 

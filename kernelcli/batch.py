@@ -16,7 +16,7 @@ import string
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import KernelcliError, UsageError, WriteError
 
@@ -148,9 +148,18 @@ def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), av
 
             objects = list_objects(as_path(given), recursive=recursive, avoid=avoid)
             if len(objects) == 1 and objects[0][0] == as_path(given):  # the one object named: taken as given
-                sources.append(Source(*objects[0]))
-            else:  # a prefix: its image objects, as the files of a folder
-                sources += [Source(o, rel, True) for o, rel in objects if _wanted(rel, include, exclude)]
+                sources.append(Source(objects[0][0], PurePosixPath(objects[0][1])))
+                continue
+            for o, key in objects:  # a prefix: its image objects, as the files of a folder
+                rel = PurePosixPath(key)
+                if not any(part in ("", ".", "..") for part in key.split("/")):
+                    if _wanted(rel, include, exclude):
+                        sources.append(Source(o, rel, True))
+                elif rel.suffix.lower() in IMAGE_EXTENSIONS and _matches(rel, include, exclude):
+                    # S3 keeps keys as written: in//x.png, in/../x.png are no path to mirror under -o
+                    bad.append(Job(Source(o, PurePosixPath(rel.name), True), [], error=(
+                        f"{o}: the key has an empty, '.' or '..' part, which cannot be mirrored inside the "
+                        "output folder; refused (rename the object)")))
             continue
         path = Path(given)
         kind = _kind(path)
@@ -250,10 +259,23 @@ def _wanted(rel, include, exclude) -> bool:
             and _matches(rel, include, exclude))
 
 
-def read_list(data: bytes, null: bool) -> list[str]:
-    """Paths from --files-from: one per line, or NUL-separated with --null."""
+MAX_LIST_BYTES = 128 << 20  # a --files-from list: about a million paths
+MAX_LIST_ENTRY = 16 << 10  # one path or URL in it: longer than any a system opens (PATH_MAX is 4096)
+
+
+def read_list(data: bytes, null: bool, name: str = "-") -> list[str]:
+    """Paths from --files-from ``name``: one per line, or NUL-separated with --null. A list over
+    MAX_LIST_BYTES (``data`` may hold one byte more, to tell) or an entry over MAX_LIST_ENTRY
+    bytes is a usage error that never shows the entry."""
+    if len(data) > MAX_LIST_BYTES:
+        raise UsageError(f"--files-from {name}: the list is longer than {MAX_LIST_BYTES >> 20} MiB; "
+                         "split it into several runs, or name the folders instead")
     text = data.decode("utf-8", errors="surrogateescape")
     items = text.split("\0") if null else text.splitlines()
+    for number, item in enumerate(items, 1):
+        if len(item) > MAX_LIST_ENTRY:
+            raise UsageError(f"--files-from {name}: {'entry' if null else 'line'} {number} is longer than "
+                             f"{MAX_LIST_ENTRY} characters, longer than any path or URL; is it a list of paths?")
     return [item for item in items if item.strip()] if not null else [item for item in items if item]
 
 
@@ -278,6 +300,8 @@ def inside(base: Path, sub: Path, name: str, template: str) -> Path:
     """``base / sub / name`` for a name filled from ``template``, refused (UsageError) unless
     it stays inside ``base``: no absolute name, no ``..``, ``.`` or empty part (an empty
     {parent}), and no symlinked folder on the way that leads out of ``base``."""
+    if Path(sub).is_absolute() or ".." in Path(sub).parts:  # an input's place: found inputs never have one
+        raise UsageError(f"{base}: an input's sub-folder {sub} leads outside the output folder")
     path = base / sub / name
     parts = name.replace(os.sep, "/").split("/")
     if os.path.isabs(name) or any(p in ("", ".", "..") for p in parts):
@@ -292,16 +316,27 @@ def inside(base: Path, sub: Path, name: str, template: str) -> Path:
     return path
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, *, name: bool = True) -> None:
     """Refuse, before any work, an output whose folder cannot be made or written: the
-    nearest folder that exists must be a folder we may write in (missing ones are created)."""
-    folder = Path(os.path.abspath(path)).parent
+    nearest folder that exists must be a folder we may write in (missing ones are created);
+    with ``name``, every part still to be made must fit the file system's name length."""
+    whole = Path(os.path.abspath(path))
+    folder = whole.parent
     while not os.path.lexists(folder) and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
         raise UsageError(f"{path}: cannot write here: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{path}: cannot write here: no permission to write in {folder}")
+    if name:
+        try:
+            longest = os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            longest = 255
+        for part in whole.relative_to(folder).parts:
+            if len(os.fsencode(part)) > longest:
+                raise UsageError(f"{path}: cannot write here: a name of {len(os.fsencode(part))} bytes, over the "
+                                 f"{longest} this file system allows")
 
 
 def check_report(path, jobs, *, overwrite: bool) -> None:
@@ -323,7 +358,10 @@ def check_report(path, jobs, *, overwrite: bool) -> None:
         raise UsageError(f"--report {path}: is a directory")
     if os.path.lexists(path) and not overwrite:
         raise UsageError(f"--report {path}: already exists; pass --overwrite to replace it")
-    check_writable(path)
+    try:
+        check_writable(path)
+    except UsageError as exc:
+        raise UsageError(f"--report {exc}") from None
 
 
 def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for=None,
@@ -374,8 +412,11 @@ def plan(sources, groups, *, out_dir=None, out_file=None, template=None, ext_for
                     raise UsageError(f"{path}: already exists; pass --overwrite to replace it or --skip-existing to keep it")
             outputs.append(Output(path, group, skip))
         jobs.append(Job(s, outputs))
-    for folder in dict.fromkeys(o.path.parent for j in jobs for o in j.outputs if not _is_url(o.path)):
-        check_writable(folder / "x")  # a store's bucket was checked for writing by storage.check_output
+    first = {}  # a store's bucket was checked for writing by storage.check_output
+    for o in (o for j in jobs for o in j.outputs if not _is_url(o.path)):
+        first.setdefault(o.path.parent, o.path)
+    for path in first.values():  # each folder once, named by an output the user will recognise
+        check_writable(path, name=False)  # a name too long fails its input alone, when written
     return jobs
 
 
@@ -491,7 +532,7 @@ class Prefetch:
                     self._futures[path] = future
                 try:
                     raster = read(path)
-                except KernelcliError as exc:
+                except Exception as exc:  # the job that takes it raises it (a MemoryError too): never left waiting
                     future.set_exception(exc)
                 else:
                     used += raster.pixels.nbytes

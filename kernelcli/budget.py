@@ -1,11 +1,13 @@
 """Memory budgets: each job's peak memory is estimated from the image size and the options
 before any work, and refused beyond ``--max-memory``.
 
-The default budget is half of the memory available when kernelcli starts: the smaller of
-the kernel's MemAvailable and what the process's cgroup (container) still allows. The
-estimates count the data a job holds at its peak (the decoded input, float copies, padded
-frames, the engine's working set, the output and its encoded bytes), not the ~0.3 GB that
-Python and torch themselves take. No torch here: the command line checks before importing it.
+The default budget is half of the memory available when a job starts: the smallest of the
+kernel's MemAvailable, what the process's cgroup (container) still allows, and what its own
+limits still allow (``ulimit -v``, RLIMIT_AS, against its address space; ``ulimit -d``,
+RLIMIT_DATA, against its data). The estimates count the data a job holds at its peak (the
+decoded input, float copies, padded frames, the engine's working set, the output and its
+encoded bytes), not the ~0.3 GB that Python and torch themselves take. No torch here: the
+command line checks before importing it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,18 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
-from .errors import UsageError
+try:
+    import resource  # process limits (loaded here, with the module: a server worker imports nothing per call)
+except ImportError:  # not on this system
+    resource = None
+
+from .errors import ImageError, UsageError
 
 DEFAULT_SHARE = 0.5  # of the available memory
+TORCH_ADDRESS_SPACE = 1 << 30  # address space torch's libraries and its threads' arenas take, before it is loaded
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 from .engine import STRIP_BYTES, TILE_BYTES  # noqa: F401 (the engine's sizes, importable here as before)
 
@@ -28,12 +37,19 @@ class MemoryBudgetError(UsageError):
 
 
 def available() -> int:
-    """Bytes this process may still use: min(MemAvailable, cgroup limit − cgroup usage)."""
+    """Bytes this process may still use (see :func:`limits`)."""
+    return min(size for size, _ in limits())
+
+
+def limits() -> list[tuple[int, str]]:
+    """What bounds the memory this process may still use, as (bytes, what) pairs: the kernel's
+    MemAvailable, the cgroup's limit less its usage, and the process's address-space and data
+    limits less what it holds (with torch's share where it is not loaded yet)."""
     sizes = []
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                sizes.append(int(line.split()[1]) * 1024)
+                sizes.append((int(line.split()[1]) * 1024, "MemAvailable"))
     except (OSError, ValueError, IndexError):
         pass
     for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
@@ -43,13 +59,35 @@ def available() -> int:
         except (OSError, ValueError):
             continue
         if cap.isdigit() and int(cap) < 1 << 60:
-            sizes.append(max(0, int(cap) - used))
+            sizes.append((max(0, int(cap) - used), "the cgroup (container) limit"))
+    sizes += _process_limits()
     if not sizes:
         try:
-            sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+            sizes.append((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "the physical memory"))
         except (ValueError, OSError, AttributeError):
-            sizes.append(4 << 30)
-    return min(sizes)
+            sizes.append((4 << 30, "an assumed 4 GiB"))
+    return sizes
+
+
+def _process_limits() -> list[tuple[int, str]]:
+    """RLIMIT_AS against VmSize and RLIMIT_DATA against VmData (/proc/self/status), where set."""
+    if resource is None:
+        return []
+    try:
+        status = {line.split(":")[0]: int(line.split()[1]) * 1024
+                  for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(("VmSize", "VmData"))}
+    except (OSError, ValueError, IndexError):
+        return []
+    torch_to_come = 0 if "torch._C" in sys.modules else TORCH_ADDRESS_SPACE
+    out = []
+    for name, field, what in (("RLIMIT_AS", "VmSize", "the address-space limit (ulimit -v)"),
+                              ("RLIMIT_DATA", "VmData", "the data limit (ulimit -d)")):
+        if not hasattr(resource, name) or field not in status:
+            continue
+        soft = resource.getrlimit(getattr(resource, name))[0]
+        if soft != resource.RLIM_INFINITY:
+            out.append((max(0, soft - status[field] - torch_to_come), what))
+    return out
 
 
 def default_budget() -> int:
@@ -79,12 +117,45 @@ def human(n: float) -> str:
 
 def check(need: float, budget: int | None, what: str) -> None:
     """Refuse a job whose estimate ``need`` exceeds ``budget`` (None: the default budget)."""
-    budget = default_budget() if budget is None else budget
+    bound = ""
+    if budget is None:
+        size, bound = min(limits())
+        budget = int(size * DEFAULT_SHARE)
     if need > budget:
+        where = f", here bounded by {bound}" if bound.startswith("the ") else ""
         raise MemoryBudgetError(
             f"{what} would need about {human(need)} of memory, over the budget of {human(budget)} "
-            f"(--max-memory raises it; the default is half of the available memory)"
+            f"(--max-memory raises it; the default is half of the available memory{where})"
         )
+
+
+MEMORY_ERRORS = (MemoryError, RuntimeError, UsageError)  # what job_failure looks at
+
+
+def job_failure(name, exc: BaseException):
+    """The failure of input ``name`` (a KernelcliError naming it) when ``exc`` is about memory:
+    a job over the budget (MemoryBudgetError, named by the input here), or an allocation that
+    failed mid-job (the estimate fitted the budget, the memory was not there). That input fails,
+    the batch goes on. None for any other exception (it is raised as it is)."""
+    if isinstance(exc, MemoryBudgetError):
+        return exc if str(exc).startswith(f"{name}: ") else MemoryBudgetError(f"{name}: {exc}")
+    reason = out_of_memory(exc)
+    if reason is None:
+        return None
+    return ImageError(f"{name}: not enough memory ({reason}); --max-memory sets the budget it was checked "
+                      "against, -j 1 runs one file at a time")
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """What an allocation failure says, or None when ``exc`` is none: MemoryError (numpy,
+    Pillow), torch's failed CPU allocation and CUDA's out of memory (RuntimeErrors)."""
+    if isinstance(exc, MemoryError):
+        return str(exc) or "out of memory"
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()):
+        tried = re.search(r"tried to allocate (\d+) bytes", text)
+        return f"could not allocate {human(int(tried.group(1)))}" if tried else text.strip().splitlines()[0][:200]
+    return None
 
 
 # --------------------------------------------------------------------------- estimates
@@ -145,16 +216,29 @@ def image_estimate(width: int, height: int, channels: int = 3, itemsize: int = 1
 
 
 def toolkit_estimate(channels: int, height: int, width: int, out_height: int, out_width: int,
-                     float_size: int = 4, copies: int = 3) -> int:
-    """pool / transpose / upsample: the float input and ``copies`` float outputs (the
-    result, its mapping, the encoder's copy)."""
-    return float_size * channels * (height * width * 2 + out_height * out_width * copies)
+                     float_size: int = 4, *, columns: int = 0, kept=None, value_bytes: int = 1) -> int:
+    """pool / transpose / upsample on ``channels`` planes of height × width (alpha counted as
+    a plane): the float input and its padded copy, then the larger of two moments —
+
+    - computing: the float result (out_height × out_width a plane) and ``columns`` floats of
+      the operation's work buffer (a transposed convolution's columns: the kernel's taps times
+      the input's pixels, for each plane torch works on at once) with one plane more (torch's
+      own scratch; measured: ``tests/test_memory.py``);
+    - encoding: the result mapped in place, and ``kept`` × ``value_bytes`` a value for the
+      encoder's array, Pillow's copy, the encoded bytes and their copy (``kept``: the pixels
+      written, where the result is cropped; default all of it)."""
+    result = channels * out_height * out_width
+    kept = result if kept is None else channels * kept
+    computing = float_size * (result + columns + (out_height * out_width if columns else 0))
+    encoding = float_size * result + 4 * kept * value_bytes
+    return float_size * channels * height * width * 2 + max(computing, encoding)
 
 
-def probe(path: str):
+def probe(path: str, limits=None):
     """A stand-in Raster with the size, type and channels an input will decode to, read
     from the header only (no pixel memory: the arrays are broadcast views); None when the
-    header says nothing (CSV, unreadable: reading reports that)."""
+    header says nothing (CSV, unreadable) or is over ``limits`` (images.Limits): reading
+    reports that. Any size is probed (Pillow's own pixel limit is off: kernelcli.images)."""
     import numpy as np
     from PIL import Image
 
@@ -176,6 +260,8 @@ def probe(path: str):
             mode, info = img.mode, img.info
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
+    if limits is not None and (w * h > limits.max_pixels or max(w, h) > limits.max_side):
+        return None  # the reader refuses it, naming the limit
     if mode.startswith("I;16") or mode == "I":
         return Raster(view((1, h, w), np.uint16), maxval=65535.0)
     if mode == "F":

@@ -64,8 +64,13 @@ def process_files(jobs: list[Job], render, *, limits=None, overwrite: bool = Fal
             record.update(error=str(exc), fatal=True)
         except Interrupted:
             break
-        except KernelcliError as exc:
-            record["error"] = str(exc)
+        except (KernelcliError, MemoryError, RuntimeError) as exc:  # memory failures are this input's, named
+            from .budget import job_failure
+
+            failure = job_failure(job.source.path, exc)
+            if failure is None and not isinstance(exc, KernelcliError):
+                raise
+            record["error"] = str(failure or exc)
         records.append(record)
         if record["fatal"]:
             break

@@ -80,14 +80,35 @@ def closed(name: str) -> bool:
 
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_HIDDEN = ("Cf", "Zl", "Zp")  # Unicode format characters (bidi overrides, zero widths) and line breaks
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters escaped (newlines, ESC sequences, C1 codes): a file
-    name can never break a line or drive the terminal. Every stderr message passes here."""
-    return "".join(
-        _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 32 or 127 <= ord(c) < 160 else c) for c in str(text)
-    )
+    """``text`` with control characters escaped (newlines, ESC sequences, C1 codes) and the
+    invisible ones that reorder or break what a terminal shows (U+202E, U+2028, zero widths): a
+    file name can never break a line, drive the terminal or pose as another name. Every stderr
+    message passes here, and every text from a file, a name or a path that rich prints (:func:`plain`)."""
+    import unicodedata
+
+    def one(c: str) -> str:
+        if c in _ESCAPES:
+            return _ESCAPES[c]
+        if ord(c) < 32 or 127 <= ord(c) < 160:
+            return f"\\x{ord(c):02x}"
+        if ord(c) > 159 and unicodedata.category(c) in _HIDDEN:
+            return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+        return c
+
+    text = str(text)
+    return text if text.isprintable() else "".join(map(one, text))
+
+
+def plain(text) -> "object":
+    """Text from a file, a name or a path as a rich ``Text``: shown as written, never read as
+    markup (``[/bold]``, ``[link=…]``), emoji codes or control sequences."""
+    from rich.text import Text
+
+    return Text(printable(text))
 
 
 def say(message: str, *, quiet: bool = False) -> None:
@@ -109,7 +130,7 @@ def stdout_console():
     from rich.console import Console
 
     # Piped or redirected: a wide page, so tables are not folded at 80 columns.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+    return Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 240)
 
 
 def format_weight(value: float, decimals: int) -> str:
@@ -144,10 +165,13 @@ def render_matrix(weights) -> "object":
 
 def print_kernel(info: dict) -> None:
     """``kernels show`` on stdout: the weights coloured by sign and what can be said of them."""
+    from rich.text import Text
+
     from .analysis import FREQUENCY_WORDS
 
     out = stdout_console()
-    out.print(f"[bold]{info['name']}[/]  {info['size'][0]}x{info['size'][1]}  {info['description']}")
+    out.print(Text.assemble((printable(info["name"]), "bold"), f"  {info['size'][0]}x{info['size'][1]}  ",
+                            printable(info["description"])))
     if info["kind"] == "plain":
         if info["divisor"] != 1 or info["scale"] != 1:
             out.print(f"written (× {info['scale']:g} / {info['divisor']:g}):")
@@ -167,7 +191,7 @@ def print_kernel(info: dict) -> None:
     elif info["kind"] == "combined":
         out.print(f"{info['combine']} of the responses to:")
         for part in info["parts"]:
-            out.print(f"  {part['name']}")
+            out.print(Text("  ") + plain(part["name"]))
             out.print(render_matrix(part["matrix"]))
     else:
         out.print(f"{info['channels_out']} output x {info['channels_in']} input channels, "
@@ -181,7 +205,7 @@ def print_kernel(info: dict) -> None:
         source += f" (overrides {info['overrides']})"
     if info["aliases"]:
         source += f" · aliases: {', '.join(info['aliases'])}"
-    out.print(source)
+    out.print(plain(source))
 
 
 def _vector(values) -> str:
@@ -255,7 +279,7 @@ def print_library(library) -> None:
     table = Table("name", "size", "sum", "description", box=None, header_style="bold")
     for k in library:
         total = f"{sum(sum(r) for r in k.matrix) * k.scale / k.divisor:g}" if k.kind == "plain" else k.kind
-        table.add_row(k.name, "x".join(map(str, k.shape)), total, k.description)
+        table.add_row(plain(k.name), "x".join(map(str, k.shape)), total, plain(k.description))
     console = stdout_console()
     console.print(table)
     console.print("\n[bold]generated[/] (usable wherever a name is):")

@@ -61,10 +61,16 @@ def _load(raster: Raster, options: Options) -> _Work:
     return _Work(x, alpha, _see_through(raster), maxval)
 
 
-def _finish(y: torch.Tensor, kernel: Kernel, options: Options, maxval: float) -> tuple[torch.Tensor, Stats]:
-    """Map one step's float result to the output depth (or keep it raw)."""
+def _finish(y: torch.Tensor, kernel: Kernel, options: Options, maxval: float,
+            full_scale: float) -> tuple[torch.Tensor, Stats]:
+    """Map one step's float result to the output depth, or keep it raw: then only scaled and
+    biased (``result * scale + bias * full_scale``; the input's full scale, 1 for arrays)."""
     what = f"kernel {kernel.name!r}"
     if options.raw:
+        if options.scale != 1.0:
+            y.mul_(options.scale)
+        if options.bias_for(kernel):
+            y.add_(options.bias_for(kernel) * full_scale)
         check_finite(y, what)
         return y, Stats(float(y.min()), float(y.max()), 0.0)
     return map_values(y, options.map_for(kernel), maxval, scale=options.scale, bias=options.bias_for(kernel), what=what,
@@ -107,7 +113,7 @@ def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Opti
         y = _filter(x, alpha if work.see_through else None, k, geo, options.color, step.method)
         if alpha is not None:
             alpha = sample_at_anchor(alpha, k.shape, k.anchor, geo)
-        x, st = _finish(y, kernel, options, work.maxval)
+        x, st = _finish(y, kernel, options, work.maxval, raster.maxval or 1.0)
         stats.append(replace(st, engine=step.engine, method=step.method))
     return _raster(x, alpha, options, work.maxval, raster), stats
 
@@ -168,7 +174,7 @@ def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options
         y = bank[:, :, i] / k.divisor if k.divisor != 1 else bank[:, :, i]
         y = y.sum(1, keepdim=True) if options.color == "sum" else y
         alpha = None if work.alpha is None else sample_at_anchor(work.alpha, k.shape, k.anchor, options.geometry)
-        y, st = _finish(y, kernel, options, work.maxval)
+        y, st = _finish(y, kernel, options, work.maxval, raster.maxval or 1.0)
         results.append((_raster(y, alpha, options, work.maxval, raster), replace(st, engine=step.engine,
                                                                                 method=step.method)))
     return results

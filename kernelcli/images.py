@@ -52,6 +52,11 @@ class Limits:
 
 _truncated_lock = threading.Lock()
 
+# kernelcli checks every header against its own Limits (and the memory budget) before decoding;
+# Pillow's own limit would only warn between 89.5 and 179 MP (a raw DecompressionBombWarning)
+# and refuse above, before kernelcli could say which limit and how to raise it. Off, in one place.
+Image.MAX_IMAGE_PIXELS = None
+
 
 @dataclass
 class Raster:
@@ -170,9 +175,30 @@ def read_regular(path: str | Path, limit: int, name: str | None = None) -> bytes
         if not stat.S_ISREG(mode):
             raise ImageError(f"{name}: not a regular file (a FIFO, device or socket); refused")
         try:
-            return fh.read(limit)
+            return read_capped(fh, limit)
         except OSError as exc:
             raise ImageError(f"{name}: cannot read: {exc.strerror or exc}") from None
+
+
+def read_capped(fh, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a binary file object, in pieces sized by the file's own size
+    where it has one (else 1 MiB, growing to 64 MiB): ``fh.read(limit)`` would reserve ``limit``
+    bytes first (Python allocates the whole request), 1 GiB for a 7 KB image, which a process
+    under ``ulimit -v`` does not have (and ``-j N`` reserves N times)."""
+    try:
+        size = os.fstat(fh.fileno()).st_size if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else None
+    except (OSError, AttributeError, ValueError):
+        size = None
+    want = min(limit, size + 1 if size is not None else 1 << 20)
+    pieces, total = [], 0
+    while total < limit:
+        piece = fh.read(min(want, limit - total))
+        if not piece:
+            break
+        pieces.append(piece)
+        total += len(piece)
+        want = min(max(want, 1 << 20) * 2, 64 << 20)
+    return b"".join(pieces)
 
 
 def _read_array(name: str, src, fmt: str) -> Raster:
@@ -241,7 +267,6 @@ _DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexE
 
 def _decode(name: str, data: bytes, limits: Limits) -> Raster:
     notes = []
-    Image.MAX_IMAGE_PIXELS = None  # kernelcli checks the header itself, below, with its own limits
     try:
         img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         width, height = img.size
@@ -514,7 +539,7 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
     if depth is not None and fmt not in ARRAY_FORMATS:
         check_depth(fmt, depth, name)
         raster = at_depth(raster, depth)
-    if raster.pixels.dtype.kind == "f" and not np.isfinite(raster.pixels).all():
+    if raster.pixels.dtype.kind == "f" and not _all_finite(raster.pixels):
         raise ImageError(f"{name}: the result holds NaN or infinite values (an overflow?); nothing written")
     if raster.alpha is not None and fmt in _NO_ALPHA and background is not None:
         raster = flatten(raster, background)
@@ -537,6 +562,8 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
         if fast is not None:
             return fast
     img = to_pil(raster, fmt, name)
+    if fmt == "GIF" and img.mode == "LA":  # Pillow's GIF writer drops LA's alpha; from RGBA it keeps it
+        img = img.convert("RGBA")
     options = {}
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = quality
@@ -549,6 +576,15 @@ def encode(raster: Raster, fmt: str, *, quality: int = 95, name: str = "output",
         options["exif"] = raster.exif
     img.save(buf, format=fmt, **options)
     return buf.getvalue()
+
+
+def _all_finite(pixels: np.ndarray) -> bool:
+    """Every value finite, without a boolean copy of the whole: a finite sum proves it (NaN or
+    infinity anywhere makes it NaN or infinite); an overflowed sum is checked row block by block."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(pixels.sum()):
+            return True
+    return all(np.isfinite(pixels[..., i:i + 64, :]).all() for i in range(0, pixels.shape[-2], 64))
 
 
 def to_pil(raster: Raster, fmt: str = "PNG", name: str = "output") -> Image.Image:
@@ -570,7 +606,8 @@ def to_pil(raster: Raster, fmt: str = "PNG", name: str = "output") -> Image.Imag
     if raster.alpha is not None:
         if fmt in _NO_ALPHA:
             raise _no_alpha(name, fmt)
-        arr = np.dstack([arr, raster.alpha])
+        colour, arr = arr, np.empty((*arr.shape[:2], c + 1), dtype=np.uint8)  # one 8-bit copy, not a float one
+        arr[..., :c], arr[..., c] = colour, raster.alpha
     arr = np.ascontiguousarray(arr, dtype=np.uint8)
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)  # L, LA, RGB or RGBA
 
@@ -623,64 +660,123 @@ def _umask() -> int:
     return _UMASK[0]
 
 
-TEMP_PREFIX = ".kc-"  # kernelcli's temporary files: .kc-PID-RANDOM.part, short whatever the real name
+TEMP_PREFIX = ".kc-"  # kernelcli's temporary files: .kc-HOST-PID-RANDOM.part, short whatever the real name
 TEMP_SUFFIX = ".part"
+NEWBORN_TEMP = 60.0  # s: an empty temp file this young may be a writer's that has not locked it yet
+FOREIGN_TEMP = 24 * 3600.0  # s: a temp file from another host (or an older kernelcli) is left this long
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): liveness falls back on the age alone
+    fcntl = None
+
+
+def host_id() -> str:
+    """Eight hex digits naming this running kernel: its boot id, the same in every container and
+    PID namespace of this machine (they share one table of file locks), another on other hosts
+    and after a reboot. Without /proc, the host name."""
+    import hashlib
+    import socket
+
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = socket.gethostname()
+    return hashlib.sha1(boot.encode()).hexdigest()[:8]
+
+
+_HOST = host_id()
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Remove temporary files of kernelcli's own naming in ``folder`` whose process is gone
-    (left by kill -9 or a crash); returns them. Others' temp files, and those of a
-    kernelcli still running, are left alone."""
+    """Remove temporary files of kernelcli's own naming in ``folder`` that no kernelcli is still
+    writing (left by kill -9 or a crash); returns them. Liveness never rests on a process id,
+    which means nothing in another PID namespace (a container sharing the volume) or on another
+    host (a shared mount): a writer holds a lock (flock) on its temp file until the file is gone.
+
+    - written on this machine (the host id in the name): removed when nobody holds its lock,
+      unless it is empty and under NEWBORN_TEMP seconds old (a writer between creating and
+      locking it);
+    - from another host, or by an older kernelcli (no host id): its lock may not be visible here
+      (file systems without shared locks), so it is removed only when untouched for FOREIGN_TEMP
+      seconds and unlocked.
+
+    Others' files, links and anything not a regular file are left alone."""
     removed = []
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
     for name in names:
-        if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
-            continue
-        pid = name[len(TEMP_PREFIX):].partition("-")[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        path = Path(folder) / name
-        try:
-            if path.is_file() and not path.is_symlink():
-                path.unlink()
-                removed.append(path)
-        except OSError:
-            pass
+        if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX) and _remove_if_stale(Path(folder) / name):
+            removed.append(Path(folder) / name)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def _remove_if_stale(path: Path) -> bool:
+    import time
+
+    flags = os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:  # for writing where we may: NFS carries flock as a POSIX lock, which needs it
+        fd = os.open(path, os.O_RDWR | flags)
+    except OSError:
+        try:
+            fd = os.open(path, os.O_RDONLY | flags)
+        except OSError:
+            return False  # gone, a link, or not ours to read
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        locking = fcntl is not None
+        if locking:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a live writer holds it
+            except OSError:
+                locking = False  # this file system keeps no locks
+        age = time.time() - info.st_mtime
+        ours = path.name[len(TEMP_PREFIX):].split("-", 1)[0] == _HOST
+        if not (age > FOREIGN_TEMP or (ours and locking and (info.st_size > 0 or age > NEWBORN_TEMP))):
+            return False
+        os.unlink(path)  # still holding its lock: no writer can take it meanwhile
         return True
-    return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _hold(fd: int) -> None:
+    """Lock a new temp file for as long as it exists (see remove_stale_temps)."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # no locks on this file system: the age rules still hold
 
 
 def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 
-    The real name never holds a partial file; the temporary file (``.kc-PID-RANDOM.part``,
-    short whatever the real name's length) is removed on any error and on Ctrl-C/SIGTERM.
-    Missing parent folders are created (one rule for every output). Without ``overwrite``
-    an existing file is never replaced, even one that appears meanwhile. Raises WriteError
-    when the destination fails (stops a batch) and ImageError when only this output cannot
-    be written (a name too long, a folder in the way).
+    The real name never holds a partial file; the temporary file (``.kc-HOST-PID-RANDOM.part``,
+    short whatever the real name's length, locked while it exists) is removed on any error and
+    on Ctrl-C/SIGTERM. Missing parent folders are created (one rule for every output). Without
+    ``overwrite`` an existing file is never replaced, even one that appears meanwhile. Raises
+    WriteError when the destination fails (stops a batch) and ImageError when only this output
+    cannot be written (a name too long, a folder in the way).
     """
     path = Path(path)
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-", suffix=TEMP_SUFFIX)
     except OSError as exc:
         raise _write_error(path, exc) from None
+    _hold(fd)  # released last, once the temp file is gone
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(os.dup(fd), "wb") as fh:
             fh.write(data)
         os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:
@@ -699,8 +795,11 @@ def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> N
     except OSError as exc:
         raise _write_error(path, exc) from None
     finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+        try:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        finally:
+            os.close(fd)
 
 
 _THIS_OUTPUT_ONLY = (errno.ENAMETOOLONG, errno.EISDIR)

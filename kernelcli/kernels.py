@@ -388,17 +388,11 @@ def load_file(path: str | Path, *, max_kernel: int = MAX_KERNEL_SIZE) -> list[Ke
     """Read and validate one kernel file (matrices at most ``max_kernel`` a side); raise
     KernelFileError naming file and line. The file is read every time; the same content is
     parsed once."""
-    if "://" in str(path):  # [storage] a kernel file at a URL (s3://, gs://, http(s)://)
-        from .storage import read_config
+    from .storage import read_config  # local (regular files only, never a blocking open) or a URL
 
-        data = read_config(path, MAX_FILE_BYTES + 1)
-    else:
+    if "://" not in str(path):
         path = Path(path)
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise KernelFileError(f"{path}: cannot read kernel file: {exc.strerror or exc}") from None
+    data = read_config(path, MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
         raise KernelFileError(f"{path}: kernel file is larger than {MAX_FILE_BYTES} bytes")
     try:

@@ -29,9 +29,18 @@ class Stats:
 def check_finite(y: torch.Tensor, what: str = "the filter") -> torch.Tensor:
     """Refuse a result holding NaN or ±inf (an overflow): it would map to garbage pixels.
     Every engine's result passes here, mapped (:func:`map_values`) or raw."""
-    if not bool(torch.isfinite(y).all()):
+    if not all_finite(y):
         raise ImageError(f"{what} gave NaN or infinite values (an overflow?); nothing written")
     return y
+
+
+def all_finite(y: torch.Tensor) -> bool:
+    """Whether every value of ``y`` is finite, without a copy of ``y``: a finite sum proves it (a
+    NaN or an infinity anywhere makes the sum NaN or infinite); a sum that overflowed is checked
+    again in blocks of rows (``torch.isfinite`` of the whole would take six times its memory)."""
+    if not y.is_floating_point() or bool(torch.isfinite(y.sum())):
+        return True
+    return y.dim() > 0 and all(bool(torch.isfinite(rows).all()) for rows in y.split(64, dim=-2 if y.dim() > 1 else 0))
 
 
 def map_values(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .errors import UsageError
 from .kernel import DEFAULT_MAP, MAP_MODES
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: 8-bit images and float32 arrays compute in float32
 MAX_GEOMETRY = 1 << 24  # largest stride, dilation, padding, factor or window: beyond it no image fits in memory
 BORDERS = ("replicate", "reflect", "symmetric", "circular", "zeros", "constant")
 CONSTANT_BORDERS = ("zeros", "constant")  # outside the image: geometry.border_value (convolve.gather)
@@ -43,6 +44,9 @@ class Geometry:
         for name, value in (("stride", self.stride), ("dilation", self.dilation), ("padding", self.padding)):
             check_geometry(name, value)
         check_finite(self.border_value, "border value")
+        if abs(self.border_value) > FLOAT32_MAX:  # torch cannot pad a float32 image with it
+            raise UsageError(f"border value {self.border_value:g} is beyond what float32 arithmetic holds "
+                             f"(±{FLOAT32_MAX:.4g})")
 
 
 def parse_border(text: str) -> tuple[str, float]:

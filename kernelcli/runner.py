@@ -65,6 +65,14 @@ def resolve(kernels, library=None) -> list:
     return [k if isinstance(k, Kernel) else library.resolve(k) for k in kernels]
 
 
+def warn_overrides(specs, kernels) -> None:
+    """Say once per run which kernel a name now means where a later library file replaced it
+    (a kernel of that name, or an alias equal to it): the shipped 'sharpen' is not what runs."""
+    for spec, kernel in dict(zip(map(str, specs), kernels)).items():
+        if getattr(kernel, "overrides", None):
+            warn(f"kernel {spec!r} is {kernel.name!r} from {kernel.source}, which replaces {kernel.overrides}")
+
+
 @dataclass(frozen=True)
 class Renderer:
     """One raster through one group of kernels into encoded bytes (pickled to Dask workers)."""
@@ -91,12 +99,19 @@ class Renderer:
         raw = fmt in ("NPY", "CSV") or (raster.maxval is None and fmt == "TIFF" and raster.pixels.shape[0] == 1)
         return replace(self.options or Options(), raw=raw)
 
+    def check_format(self, fmt, name) -> None:
+        """Refuse a value map for an array output: .npy and .csv keep the raw result (scaled and
+        biased: --scale and --bias apply), which no map fits into a range."""
+        if fmt in ("NPY", "CSV") and self.options is not None and self.options.map is not None:
+            raise UsageError(f"{name}: .{fmt.lower()} keeps the raw values; --map {self.options.map} fits results into "
+                             "an image's range (write an image format, or leave out --map)")
+
     def check_memory(self, source, groups, fmt) -> None:
         """Refuse, from the input's header and before any work, a job over the memory budget."""
         from .budget import probe
         from .filters import check_memory
 
-        raster = probe(source)
+        raster = probe(source, self.limits)
         for group in groups if raster is not None else ():
             check_memory(raster, list(group), self._options(raster, fmt), name=str(source))
 
@@ -104,6 +119,7 @@ class Renderer:
         from .filters import apply_kernels
         from .images import encode
 
+        self.check_format(fmt, name)
         options = self._options(raster, fmt)
         if raster.maxval is None and not options.raw and options.map is None:  # never clip floats unasked
             raise UsageError(f"{name}: the input holds float values and {fmt} holds 0–255: pass --map normalize "
@@ -340,7 +356,9 @@ def check_save(library, name, overwrite, path: Path) -> None:
 
 def read_stdin(limit: int = 1 << 30) -> bytes:
     """All of stdin, up to ``limit`` bytes (one more is read to tell "too much")."""
-    data = sys.stdin.buffer.read(limit + 1)
+    from .images import read_capped
+
+    data = read_capped(sys.stdin.buffer, limit + 1)
     if len(data) > limit:
         from .images import ImageError
 
@@ -488,9 +506,10 @@ def _locate(inputs, b: Batch):
     where = StorageOptions.parse(b.storage_options)
     inputs, output = tuple(locate(p, where) for p in inputs), b.output and locate(b.output, where)
     report_path = locate(b.report_path, where) if b.report_path and b.report_path != "-" else b.report_path
+    files_from = locate(b.files_from, where) if b.files_from and b.files_from != "-" else b.files_from
     if ("-" in inputs or output == "-") and any("://" in str(p) for p in (*inputs, output)):
         raise UsageError("- (stdin/stdout) works with local files only; write to a file or s3:// instead")
-    return inputs, replace(b, output=output, report_path=report_path)
+    return inputs, replace(b, output=output, report_path=report_path, files_from=files_from)
 
 
 def apply_paths(inputs, kernels, *, batch: Batch = Batch(), options=None, quality: int = 95, stats: bool = False,
@@ -506,8 +525,9 @@ def apply_paths(inputs, kernels, *, batch: Batch = Batch(), options=None, qualit
 
     route_warnings()
     library = library or load_library()  # also tells planning which names are kernelcli's own outputs
-    renderer = Renderer(tuple(resolve(kernels, library)), options, quality, stats, limits or _limits(), background,
-                        depth, batch.fmt)
+    resolved = resolve(kernels, library)
+    warn_overrides(kernels, resolved)
+    renderer = Renderer(tuple(resolved), options, quality, stats, limits or _limits(), background, depth, batch.fmt)
     if not batch.scheduler:  # [cluster] workers check their own devices
         check_device(renderer.options.device if renderer.options is not None else None)
     inputs, batch = _locate(tuple(os.fspath(p) for p in inputs), batch)
@@ -551,12 +571,16 @@ class _Plan:
 def _plan(inputs, renderer: Renderer, b: Batch, library=None) -> _Plan:
     """Inputs → jobs with their outputs; every refusal comes here, before any work."""
     from . import batch, storage
-    from .images import extension_for, format_for_path
+    from .images import extension_for, format_for_path, read_capped
 
     listed = []
     if b.files_from is not None:
-        data = sys.stdin.buffer.read() if b.files_from == "-" else storage.read_list_bytes(b.files_from)
-        listed = batch.read_list(data, b.null)
+        try:
+            data = (read_capped(sys.stdin.buffer, batch.MAX_LIST_BYTES + 1) if b.files_from == "-"
+                    else storage.read_list_bytes(b.files_from, batch.MAX_LIST_BYTES))
+        except OSError as exc:
+            raise UsageError(f"--files-from {b.files_from}: cannot read: {exc.strerror or exc}") from None
+        listed = batch.read_list(data, b.null, str(b.files_from))
     many = b.each and len(renderer.kernels) > 1
     output = b.output
     dir_mode = bool(output) and (
@@ -593,11 +617,21 @@ def _check_plan(p: _Plan, b: Batch, renderer: Renderer) -> None:
 
     for j in p.jobs:  # output formats are known from the names: check them before any work
         for o in j.outputs:
-            check_depth(renderer.format_for(o.path), renderer.depth, str(o.path))
+            out_fmt = renderer.format_for(o.path)
+            check_depth(out_fmt, renderer.depth, str(o.path))
+            renderer.check_format(out_fmt, o.path)
     if b.report_path and b.report_path != "-":
         batch.check_report(batch._path(b.report_path), p.jobs, overwrite=b.overwrite)
-    remove_stale_temps(o.path.parent for j in p.jobs for o in j.outputs  # stores have none: one PUT each
+    remove_stale_temps(o.path.parent for j in p.jobs for o in j.outputs
                        if not batch._is_url(o.path) and o.path.parent.is_dir())
+    stored = [o.path for j in p.jobs for o in j.outputs if batch._is_url(o.path)]  # [storage] a killed run's
+    if b.report_path and batch._is_url(b.report_path):                           # incomplete uploads
+        stored.append(batch._path(b.report_path))
+    if stored:
+        from .storage import abort_stale_uploads
+
+        for url in abort_stale_uploads(stored):
+            warn(f"{url}: aborted an incomplete upload left by an interrupted kernelcli run")
 
 
 def _run_batch(torch_loading, renderer: Renderer, inputs, b: Batch, library=None):
@@ -634,6 +668,7 @@ def _run_batch(torch_loading, renderer: Renderer, inputs, b: Batch, library=None
 def _local_process(p: _Plan, renderer: Renderer, b: Batch, torch_loading):
     """The per-job function of a local run: prefetched reads, the renderer, atomic writes."""
     from . import batch, storage
+    from .budget import MEMORY_ERRORS, job_failure
 
     if p.single and p.jobs[0].outputs and not batch._is_url(p.jobs[0].source.path):  # from the header
         renderer.check_memory(p.jobs[0].source.path, p.groups, renderer.format_for(p.jobs[0].outputs[0].path))
@@ -647,10 +682,16 @@ def _local_process(p: _Plan, renderer: Renderer, b: Batch, torch_loading):
     prefetch = batch.Prefetch(p.jobs, read_warned, torch_loading)
 
     def process(j, stop):
-        return batch.process_job(
-            j, read=prefetch.take, stop=stop,
-            render=lambda raster, group, path: renderer(raster, group, renderer.format_for(path), path),
-            write=lambda path, data: storage.write(path, data, overwrite=b.overwrite))
+        try:
+            return batch.process_job(
+                j, read=prefetch.take, stop=stop,
+                render=lambda raster, group, path: renderer(raster, group, renderer.format_for(path), path),
+                write=lambda path, data: storage.write(path, data, overwrite=b.overwrite))
+        except MEMORY_ERRORS as exc:  # over the budget, or an allocation failed: this input fails, named
+            failure = job_failure(j.source.path, exc)
+            if failure is None:
+                raise
+            raise failure from None
 
     return process
 

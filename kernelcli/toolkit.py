@@ -37,8 +37,8 @@ def _planes(raster: Raster, device, dtype=None) -> tuple[torch.Tensor, int]:
 
 def _back(y: torch.Tensor, colours: int, raster: Raster, mode: str = DEFAULT_MAP) -> Raster:
     """Split colour and alpha again; map images to their depth, keep arrays raw."""
-    if raster.maxval is not None:
-        y, _ = map_values(y, mode, raster.maxval)
+    if raster.maxval is not None:  # in place and without stats: no second copy of a large result
+        y, _ = map_values(y, mode, raster.maxval, inplace=True, stats=False)
     arr = y[0].cpu().numpy()
     alpha = arr[colours] if raster.alpha is not None else None
     return Raster(arr[:colours], alpha, raster.maxval, raster.format, raster.icc_profile, raster.exif)
@@ -101,7 +101,8 @@ def transpose(raster: Raster, weights, stride: int = 1, padding: int = 0, dilati
     oh, ow = transposed_size(h, kh, stride, padding, dilation), transposed_size(w, kw, stride, padding, dilation)
     # conv_transpose2d computes the full frame (the padding is cropped afterwards)
     _check_memory(raster, oh + 2 * padding, ow + 2 * padding, max_memory,
-                  f"a transposed convolution of {w}x{h} pixels to {max(ow, 0)}x{max(oh, 0)}")
+                  f"a transposed convolution of {w}x{h} pixels to {max(ow, 0)}x{max(oh, 0)}",
+                  columns=kh * kw * h * w, kept=max(oh, 1) * max(ow, 1))
     x, colours = _planes(raster, resolve_device(device))
     return _back(transpose_conv(x, weights, stride, padding, dilation), colours, raster, mode)
 
@@ -121,10 +122,10 @@ def upsample(raster: Raster, factor: int | tuple[int, int], device: str | None =
         return raster
     check_geometry("factor", max(fh, fw))
     h, w = raster.size
-    _check_memory(raster, (h + 2) * fh, (w + 2) * fw, max_memory,
-                  f"upsampling {w}x{h} pixels by {shape_text(factor)}")
-    x, colours = _planes(raster, resolve_device(device))
     k = np.outer(_bilinear_1d(fh), _bilinear_1d(fw))
+    _check_memory(raster, (h + 2) * fh, (w + 2) * fw, max_memory, f"upsampling {w}x{h} pixels by {shape_text(factor)}",
+                  columns=k.size * (h + 2) * (w + 2), kept=h * fh * w * fw)
+    x, colours = _planes(raster, resolve_device(device))
     n, c = x.shape[:2]
     extended = pad(x, (1, 1, 1, 1), "replicate")
     weights = torch.as_tensor(k, dtype=x.dtype, device=x.device)[None, None]
@@ -134,14 +135,18 @@ def upsample(raster: Raster, factor: int | tuple[int, int], device: str | None =
     return _back(y, colours, raster)
 
 
-def _check_memory(raster: Raster, out_h: int, out_w: int, max_memory: int | None, what: str) -> None:
+def _check_memory(raster: Raster, out_h: int, out_w: int, max_memory: int | None, what: str, *,
+                  columns: int = 0, kept: int | None = None) -> None:
     """Refuse a toolkit job whose estimated peak exceeds ``max_memory`` (kernelcli.budget)."""
     if max(out_h, out_w) > MAX_GEOMETRY ** 2:
         raise UsageError(f"{what}: the result would be {out_w}x{out_h} pixels; refused")
     c = raster.pixels.shape[0] + (raster.alpha is not None)
     float_size = 8 if raster.pixels.dtype == np.float64 or (raster.maxval or 0) > 255 else 4
     h, w = raster.size
-    need = budget.toolkit_estimate(c, h, w, max(out_h, 1), max(out_w, 1), float_size)
+    value_bytes = float_size if raster.maxval is None else 2 if raster.maxval > 255 else 1  # as written: raw floats
+    columns *= min(c, torch.get_num_threads())  # torch may work on several planes at once, a buffer each
+    need = budget.toolkit_estimate(c, h, w, max(out_h, 1), max(out_w, 1), float_size, columns=columns, kept=kept,
+                                   value_bytes=value_bytes)
     budget.check(need, max_memory, what)
 
 

@@ -131,7 +131,8 @@ def test_non_finite_options_are_refused(white, tmp_path, args):
     *[(["-k", "1e300"], out) for out in ("out.png", "out.npy", "out.tif", "out.jpg")],
     (["-k", "1e300", "-k", "1"], "out.png"),
     (["-k", "1e300", "--each", "-k", "1"], "folder/"),
-    (["-k", "sharpen", "--scale", "1e300"], "out.png"),  # raw outputs (.npy) are not scaled
+    (["-k", "sharpen", "--scale", "1e300"], "out.png"),
+    (["-k", "sharpen", "--scale", "1e300"], "out.npy"),  # raw outputs are scaled too
     (["-k", "sobel", "--scale", "1e300"], "out.png"),
 ])
 def test_overflowing_results_are_refused_on_every_path(white, tmp_path, args, out):

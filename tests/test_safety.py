@@ -4,6 +4,7 @@ the folder the user named, written atomically, cleaned up on signals (issue 10).
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -93,7 +94,7 @@ def test_report_folder_problems_are_one_line(photos, tmp_path, monkeypatch):
     afile.write_text("x")
     result = run("apply", "-k", "blur", photos, "-o", tmp_path / "out", "--report", afile / "r.jsonl")
     assert result.exit_code == 2
-    assert result.stderr == f"kernelcli: error: {afile / 'r.jsonl'}: cannot write here: {afile} is not a folder\n"
+    assert result.stderr == f"kernelcli: error: --report {afile / 'r.jsonl'}: cannot write here: {afile} is not a folder\n"
     assert not (tmp_path / "out").exists()
     # a read-only folder (simulated: the tests may run as root, who may write anywhere)
     import kernelcli.batch as batch
@@ -102,7 +103,7 @@ def test_report_folder_problems_are_one_line(photos, tmp_path, monkeypatch):
     (tmp_path / "ro").mkdir()
     result = run("apply", "-k", "blur", photos, "-o", tmp_path / "out", "--report", tmp_path / "ro" / "r.jsonl")
     assert result.exit_code == 2
-    assert result.stderr == (f"kernelcli: error: {tmp_path / 'ro' / 'r.jsonl'}: cannot write here: "
+    assert result.stderr == (f"kernelcli: error: --report {tmp_path / 'ro' / 'r.jsonl'}: cannot write here: "
                              f"no permission to write in {tmp_path / 'ro'}\n")
     monkeypatch.undo()
     # a missing folder is created, as for every output
@@ -299,9 +300,13 @@ def test_stale_temp_file_of_a_killed_run_is_removed_by_the_next(tmp_path):
     stale = [n for n in os.listdir(out) if n.endswith(".part")]
     assert len(stale) == 1
     (out / "other.part").write_text("not ours")
-    ours_alive = out / f".kc-{os.getpid()}-abcdefgh.part"  # a kernelcli still running: left alone
+    from kernelcli.images import host_id
+
+    ours_alive = out / f".kc-{host_id()}-{os.getpid()}-abcdefgh.part"  # a kernelcli still writing: left alone
     ours_alive.write_text("busy")
-    result = run("apply", "-k", "blur", SAMPLES / "camera.png", "-o", out / "y.png")
+    with open(ours_alive, "rb+") as writing:
+        fcntl.flock(writing, fcntl.LOCK_EX)  # what a live writer holds while its temp file exists
+        result = run("apply", "-k", "blur", SAMPLES / "camera.png", "-o", out / "y.png")
     assert result.exit_code == 0, result.stderr
     assert f"{out / stale[0]}: removed a temporary file left by an interrupted kernelcli run" in result.stderr
     assert sorted(os.listdir(out)) == sorted([ours_alive.name, "other.part", "y.png"])

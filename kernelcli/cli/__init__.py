@@ -54,6 +54,11 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
+            os.getcwd()
+        except FileNotFoundError:  # torch's oneMKL aborts while loading there; relative paths lead nowhere
+            error("the current folder no longer exists (deleted while in use?); cd to an existing folder and run again")
+            ctx.exit(2)
+        try:
             with runner.signals():  # SIGTERM as Ctrl-C, through the code's clean-up (exit 143)
                 return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
@@ -66,6 +71,14 @@ class Group(click.Group):
             ctx.exit(exc.exit_code)
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly
             _silence_stdout()
+            ctx.exit(1)
+        except (MemoryError, RuntimeError) as exc:  # an allocation failed (a batch fails that input alone)
+            from ..budget import out_of_memory
+
+            reason = out_of_memory(exc)
+            if reason is None:
+                raise  # a bug: its traceback shows
+            error(f"not enough memory ({reason}); --max-memory sets the budget jobs are checked against")
             ctx.exit(1)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside a batch (a batch says more)
             error("interrupted")

@@ -44,7 +44,9 @@ EXIT_CODES = ("Exit codes: 0 all done; 1 runtime failure (a single input failed,
 @click.option("--background", "flatten_on", metavar="COLOR",
               help="Flatten transparency onto this colour for formats without alpha (JPEG, BMP, PPM).")
 @click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",  # [storage]
-              help="Option for s3:// or gs:// (e.g. endpoint_url=http://host:8333, anon=true); repeatable.")
+              help="Option for s3://, gs:// or http(s):// (e.g. endpoint_url=http://host:8333, anon=true, "
+              "read_timeout=60); KEY=@FILE or 'KEY=$NAME' read a secret from a file or a variable; repeatable "
+              "[env KERNELCLI_STORAGE_OPTIONS].")
 @click.option("--scheduler", envvar="KERNELCLI_SCHEDULER", metavar="ADDRESS|local|local:N",  # [cluster]
               help="Run on Dask: a scheduler address, or local[:N] for a local cluster  [env KERNELCLI_SCHEDULER].")
 @common.input_limits

@@ -31,16 +31,16 @@ def kernels():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (name, description, matrix, …).")
 def kernels_list(kernel_files, max_kernel, as_json):
     from ..analysis import describe
-    from ..console import print_library
+    from ..console import print_library, printable
 
     lib = runner.load_library(kernel_files, max_kernel)
     if as_json:
         common.echo_json([describe(k) for k in lib])
     elif sys.stdout.isatty():
         print_library(lib)
-    else:
+    else:  # one line per kernel: a tab or a newline in a description is escaped
         for k in lib:
-            click.echo(f"{k.name}\t{'x'.join(map(str, k.shape))}\t{k.description}")
+            click.echo(f"{printable(k.name)}\t{'x'.join(map(str, k.shape))}\t{printable(k.description)}")
 
 
 @kernels.command("show", context_settings=CONTEXT)
