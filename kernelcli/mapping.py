@@ -48,6 +48,23 @@ def map_values(
     ``stats=False`` skips the Stats (None) and the passes that only they need; ``proven``:
     the caller proved the result finite (the fast engine's bounds), so no check for NaN/inf.
     """
+    y, st = _mapped(x, mode, maxval, scale, bias, what, inplace, stats, proven)
+    return _rounded(y, maxval), st
+
+
+def map_near(x: torch.Tensor, mode: str, maxval: float, tolerance: float, *, bias: float = 0.0,
+             stats: bool = True) -> tuple[torch.Tensor, Stats | None, torch.Tensor | None]:
+    """:func:`map_values` of a float result the caller proved finite, in place, and the flat
+    indices of the values that were within ``tolerance`` of a rounding boundary (k + ½)
+    before rounding (None when ``tolerance`` is 0): where an engine that knows its rounding
+    error is at most ``tolerance`` must settle the value exactly (:mod:`kernelcli.bands`)."""
+    y, st = _mapped(x, mode, maxval, 1.0, bias, "the filter", True, stats, True)
+    near = _near_ties(y, tolerance) if tolerance > 0 else None
+    return _rounded(y, maxval), st, near
+
+
+def _mapped(x, mode, maxval, scale, bias, what, inplace, stats, proven):
+    """Everything of the mapping but the rounding: (unrounded values, Stats or None)."""
     check_mode(mode)
     y = x if inplace else x.clone()
     whole = not y.is_floating_point()
@@ -69,12 +86,28 @@ def map_values(
             y.sub_(lo).mul_(maxval / (hi - lo))
         else:
             y.fill_((maxval + 1) / 2)
-    outside = None
-    if stats:
-        outside = int(torch.count_nonzero((y < 0) | (y > maxval))) / y.numel() if y.numel() else 0.0
-    if whole:
-        return y.clamp_(0, int(maxval)), None if outside is None else Stats(lo, hi, outside)
-    return y.round_().clamp_(0, maxval), None if outside is None else Stats(lo, hi, outside)
+    if not stats:
+        return y, None
+    outside = int(torch.count_nonzero((y < 0) | (y > maxval))) / y.numel() if y.numel() else 0.0
+    return y, Stats(lo, hi, outside)
+
+
+def _rounded(y: torch.Tensor, maxval: float) -> torch.Tensor:
+    if not y.is_floating_point():
+        return y.clamp_(0, int(maxval))
+    return y.round_().clamp_(0, maxval)
+
+
+def _near_ties(y: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Flat indices of the values of ``y`` (contiguous) within ``tolerance`` of some k + ½:
+    | |frac(y)| − ½ | ≤ tolerance. Rows of the first axis are screened by their minimum first
+    (candidates are rare), then searched."""
+    gap = torch.frac(y).abs_().sub_(0.5).abs_().view(y.shape[0], -1)
+    rows = torch.nonzero(gap.amin(1) <= tolerance).flatten()
+    if not len(rows):
+        return rows
+    hits = torch.nonzero(gap[rows] <= tolerance)
+    return rows[hits[:, 0]] * gap.shape[1] + hits[:, 1]
 
 
 def _term(value: float, whole: bool):

@@ -257,7 +257,8 @@ def test_bank_with_valid_padding_and_equal_shapes(library, rng):
 
 PLAN_CASES = [  # (kernels, options, engine on 8/16-bit pixels for 1 and 3 channels): every method there is
     (["sharpen"], {}, "fast fast"), (["gaussian:3"], {}, "fast fast"), (["sobel"], {}, "fast fast"),
-    (["blur", "emboss"], {"scale": 0.5}, "fast fast"), (["log:3"], {}, "reference reference"),
+    (["blur", "emboss"], {"scale": 0.5}, "fast fast"), (["log:3"], {}, "fast fast"),
+    (["motion:15,30"], {}, "reference reference"),
     (["sharpen"], {"map": "normalize"}, "reference reference"),
     (["blur"], {"geometry": Geometry(stride=2)}, "reference reference"),
     (["compass"], {"color": "sum"}, "fast reference"), (["rgb-to-gray"], {}, "reference reference"),
