@@ -101,7 +101,7 @@ def filter_bands(hwc: np.ndarray, kernel: Kernel, bands: Bands, geo: Geometry, m
         y, strip_stats, near = map_near(y, mode, maxval, st.tolerance, bias=bias, stats=stats)
         if near is not None and len(near):
             _settle(y, near, first, block, st, geo.dilation, mode, maxval)
-        dst[r0:r0 + sh] = y.to(dst.dtype).permute(2, 0, 1)
+        dst[r0:r0 + sh].copy_(y.permute(2, 0, 1))  # rounded and clipped: the cast is exact
         return strip_stats
 
     starts = range(0, h, n)

@@ -98,16 +98,17 @@ def _rounded(y: torch.Tensor, maxval: float) -> torch.Tensor:
     return y.round_().clamp_(0, maxval)
 
 
-def _near_ties(y: torch.Tensor, tolerance: float) -> torch.Tensor:
+def _near_ties(y: torch.Tensor, tolerance: float, screen: int = 512) -> torch.Tensor:
     """Flat indices of the values of ``y`` (contiguous) within ``tolerance`` of some k + ½:
-    | |frac(y)| − ½ | ≤ tolerance. Rows of the first axis are screened by their minimum first
-    (candidates are rare), then searched."""
-    gap = torch.frac(y).abs_().sub_(0.5).abs_().view(y.shape[0], -1)
-    rows = torch.nonzero(gap.amin(1) <= tolerance).flatten()
-    if not len(rows):
-        return rows
-    hits = torch.nonzero(gap[rows] <= tolerance)
-    return rows[hits[:, 0]] * gap.shape[1] + hits[:, 1]
+    | |frac(y)| − ½ | ≤ tolerance. Runs of ``screen`` values are screened by their minimum
+    first (candidates are rare), then searched."""
+    gap = torch.frac(y).abs_().sub_(0.5).abs_().view(-1)
+    runs = len(gap) // screen
+    head = gap[:runs * screen].view(runs, screen)
+    rows = torch.nonzero(head.amin(1) <= tolerance).flatten()
+    hits = torch.nonzero(head[rows] <= tolerance)
+    tail = torch.nonzero(gap[runs * screen:] <= tolerance).flatten() + runs * screen
+    return torch.cat([rows[hits[:, 0]] * screen + hits[:, 1], tail])
 
 
 def _term(value: float, whole: bool):
