@@ -59,8 +59,11 @@ def map_near(x: torch.Tensor, mode: str, maxval: float, tolerance: float, *, bia
     before rounding (None when ``tolerance`` is 0): where an engine that knows its rounding
     error is at most ``tolerance`` must settle the value exactly (:mod:`kernelcli.bands`)."""
     y, st = _mapped(x, mode, maxval, 1.0, bias, "the filter", True, stats, True)
-    near = _near_ties(y, tolerance) if tolerance > 0 else None
-    return _rounded(y, maxval), st, near
+    if not tolerance > 0:
+        return _rounded(y, maxval), st, None
+    rounded = torch.round(y)
+    near = _near_ties(y.sub_(rounded).abs_(), tolerance)  # |y − round(y)|: ½ at a boundary
+    return rounded.clamp_(0, maxval), st, near
 
 
 def _mapped(x, mode, maxval, scale, bias, what, inplace, stats, proven):
@@ -98,17 +101,18 @@ def _rounded(y: torch.Tensor, maxval: float) -> torch.Tensor:
     return y.round_().clamp_(0, maxval)
 
 
-def _near_ties(y: torch.Tensor, tolerance: float, screen: int = 512) -> torch.Tensor:
-    """Flat indices of the values of ``y`` (contiguous) within ``tolerance`` of some k + ½:
-    | |frac(y)| − ½ | ≤ tolerance. Runs of ``screen`` values are screened by their minimum
-    first (candidates are rare), then searched."""
-    gap = torch.frac(y).abs_().sub_(0.5).abs_().view(-1)
-    runs = len(gap) // screen
-    head = gap[:runs * screen].view(runs, screen)
-    rows = torch.nonzero(head.amin(1) <= tolerance).flatten()
-    hits = torch.nonzero(head[rows] <= tolerance)
-    tail = torch.nonzero(gap[runs * screen:] <= tolerance).flatten() + runs * screen
-    return torch.cat([rows[hits[:, 0]] * screen + hits[:, 1], tail])
+def _near_ties(distance: torch.Tensor, tolerance: float, run: int = 64) -> torch.Tensor:
+    """Flat indices of the values whose ``distance`` |y − round(y)| (contiguous) is within
+    ``tolerance`` of ½. Runs of ``run`` values are screened by their maximum first
+    (candidates are rare), then searched."""
+    flat = distance.view(-1)
+    edge = 0.5 - tolerance
+    runs = len(flat) // run
+    head = flat[:runs * run].view(runs, run)
+    rows = torch.nonzero(head.amax(1) >= edge).flatten()
+    hits = torch.nonzero(head[rows] >= edge)
+    tail = torch.nonzero(flat[runs * run:] >= edge).flatten() + runs * run
+    return torch.cat([rows[hits[:, 0]] * run + hits[:, 1], tail])
 
 
 def _term(value: float, whole: bool):
