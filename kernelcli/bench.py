@@ -90,30 +90,34 @@ def photo(width: int, height: int, seed: int = 0):
 
 
 def prepare(folder: Path, count: int = 150, big: tuple[int, int] = (6000, 4000), quality: int = 90):
-    """The W1 folder of ``count`` 512x512 JPEGs and the big photo (W2, W3, W9, W10), generated
-    once per set of parameters."""
+    """The W1 folder of (at least) ``count`` 512x512 JPEGs and the big photo (W2, W3, W9, W10),
+    each generated once per set of parameters (kept in the folder beside them)."""
     import json
 
     import numpy as np
     from PIL import Image
 
     w1, photo_path = folder / "w1", folder / "photo.jpg"
-    stamp = folder / "inputs.json"
-    params = {"generator": GENERATOR, "count": count, "big": list(big), "quality": quality}
-    if stamp.exists() and json.loads(stamp.read_text()) == params:
-        return w1, photo_path
-    import shutil
+    stamps = json.loads((folder / "inputs.json").read_text()) if (folder / "inputs.json").exists() else {}
+    wanted = {"w1": {"generator": GENERATOR, "count": count, "quality": quality},
+              "photo": {"generator": GENERATOR, "size": list(big), "quality": quality}}
+    have = stamps.get("w1") or {}
+    if have.get("count", -1) >= count and dict(have, count=count) == wanted["w1"]:
+        wanted["w1"] = have  # enough tiles already (W1 asks for 150, the others for 1)
+    else:
+        import shutil
 
-    shutil.rmtree(w1, ignore_errors=True)
-    w1.mkdir(parents=True)
-    source = photo(2560, 1536, seed=1)
-    rng = np.random.default_rng(2)
-    for i in range(count):
-        y, x = int(rng.integers(0, 1536 - 512 + 1)), int(rng.integers(0, 2560 - 512 + 1))
-        tile = source[y:y + 512, x:x + 512]
-        Image.fromarray(tile[:, ::-1] if i % 2 else tile).save(w1 / f"{i:03}.jpg", quality=quality)
-    Image.fromarray(photo(*big, seed=0)).save(photo_path, quality=quality)
-    stamp.write_text(json.dumps(params))
+        shutil.rmtree(w1, ignore_errors=True)
+        w1.mkdir(parents=True)
+        source = photo(2560, 1536, seed=1)
+        rng = np.random.default_rng(2)
+        for i in range(count):
+            y, x = int(rng.integers(0, 1536 - 512 + 1)), int(rng.integers(0, 2560 - 512 + 1))
+            tile = source[y:y + 512, x:x + 512]
+            Image.fromarray(tile[:, ::-1] if i % 2 else tile).save(w1 / f"{i:03}.jpg", quality=quality)
+    if stamps.get("photo") != wanted["photo"]:
+        Image.fromarray(photo(*big, seed=0)).save(photo_path, quality=quality)
+    (folder / "inputs.json").write_text(json.dumps(wanted))
     return w1, photo_path
 
 
