@@ -189,6 +189,29 @@ def test_values_next_to_a_rounding_boundary_are_settled_exactly(library, rng, mo
     assert out.pixels[0][tuple(near.T)].tolist() == exact_rounding(pixels[0], kernel.weights, near.tolist())
 
 
+@pytest.mark.parametrize("maxval, dtype", [(255.0, np.uint8), (65535.0, np.uint16)])
+def test_banded_in_any_geometry(library, rng, maxval, dtype):
+    """Images smaller than the kernel, off-centre anchors, dilation, every border, map, bias and
+    --convolve: equal to the reference engine in float64."""
+    specs = ["gaussian:1.5", "box:8", "dog:1,2", "log:1.5", "unsharp:1.5,2", "box:9@90"]
+    borders = ["replicate", "reflect", "symmetric", "circular", "zeros", "constant"]
+    for trial in range(24):
+        kernel = library.resolve(specs[trial % len(specs)])
+        if trial % 3 == 0:
+            kernel = replace(kernel, origin=(int(rng.integers(0, kernel.shape[0])), int(rng.integers(0, kernel.shape[1]))))
+        border = borders[trial % len(borders)]
+        geo = Geometry(border, float(rng.integers(0, maxval + 40)) if border == "constant" else 0.0, "same", 1,
+                       int(rng.integers(1, 4)))
+        options = Options(geometry=geo, map=("clip", "abs", "offset")[trial % 3], bias=(0.0, 0.1, -0.2)[trial % 3],
+                          convolve=bool(trial % 2))
+        raster = Raster(rng.integers(0, int(maxval) + 1, (1 + 2 * (trial % 2), int(rng.integers(1, 30)),
+                                                          int(rng.integers(1, 30)))).astype(dtype), maxval=maxval)
+        quick, stats = apply_kernels(raster, [kernel], options)
+        assert stats[0].method == "banded"
+        slow, _ = apply_kernels(wide(raster), [kernel], options)
+        np.testing.assert_array_equal(quick.pixels, slow.pixels.astype(dtype), err_msg=f"{kernel.name} {options}")
+
+
 def test_16_bit_banded(library, rng):
     pixels = rng.integers(0, 65536, (1, 33, 29)).astype(np.uint16)
     for spec in ("gaussian:2", "box:10", "log:1.2"):
