@@ -71,14 +71,14 @@ class _Step:
     integer: bool
     shift: float  # bias·maxval + offset, added by the mapping
     exact: "_Exact"
-    weights64: torch.Tensor  # (K2·terms·parts,) float64: each row weight once per part
+    weights64: np.ndarray  # (K2·terms·parts,) float64: each row weight once per part
 
-    def offsets(self, channels: int, d: int) -> torch.Tensor:
+    def offsets(self, channels: int, d: int) -> np.ndarray:
         """(K2·terms·parts,) flat offsets into the first product (x, C, terms, parts, R) of a
         value's entries: column + j·d, every term and part (in the order of ``weights64``)."""
         n = engine.BAND_ROWS
-        j = torch.arange(self.rows.shape[1])[:, None] * (d * channels * self.terms * self.parts * n)
-        tp = torch.arange(self.terms * self.parts)[None, :] * n
+        j = np.arange(self.rows.shape[1])[:, None] * (d * channels * self.terms * self.parts * n)
+        tp = np.arange(self.terms * self.parts)[None, :] * n
         return (j + tp).reshape(-1)
 
 
@@ -195,7 +195,7 @@ def _setup(kernel: Kernel, bands: Bands, geo: Geometry, mode: str, maxval: float
         along[i, i: i + d * (k2 - 1) + 1: d] = rows.T
     shift = bias * maxval + ((maxval + 1) / 2 if mode == "offset" else 0.0)
     tolerance, recheck = _bounds(bands, columns, rest, rows, amax, u, limit, shift, bias * maxval)
-    weights64 = torch.from_numpy(np.repeat(rows.T[:, :, None], parts, axis=2).reshape(-1))
+    weights64 = np.repeat(rows.T[:, :, None], parts, axis=2).reshape(-1)
     return _Step(dtype, torch.from_numpy(down.reshape(down.shape[0], -1)).to(dtype),
                  torch.from_numpy(along.reshape(n, -1)).to(dtype), parts, terms, rows, tolerance, recheck,
                  bands.divisor, bands.integer, shift, _Exact(kernel, scale, bias * maxval, mode, maxval), weights64)
@@ -242,55 +242,51 @@ def _settle(y: torch.Tensor, near: torch.Tensor, first: torch.Tensor, block: tor
             mode: str, maxval: float) -> None:
     """Set the values of ``y`` (W, C, R') at the flat indices ``near`` exactly: from the first
     product's exact parts in float64 (integer taps: in integers), and the few that remain from
-    their input windows in exact arithmetic."""
+    their input windows in exact arithmetic. In numpy: a few hundred values a strip."""
     c, r_len = y.shape[1], y.shape[2]
-    x, rest = near // (c * r_len), near % (c * r_len)
-    ch, r = rest // r_len, rest % r_len
-    values = torch.full((len(near),), -1, dtype=torch.int64)
-    left = torch.ones(len(near), dtype=torch.bool)
+    near = near.numpy()
+    x, ch, r = near // (c * r_len), near // r_len % c, near % r_len
+    values, left = np.full(len(near), -1, dtype=np.int64), np.ones(len(near), dtype=bool)
     if st.integer or st.dtype == torch.float32:
         n = first.shape[-1]
         # each value's first-product entries: columns x + j·d, its channel and row, every term and part
         where = ((x * c + ch) * (st.terms * st.parts * n) + r)[:, None] + st.offsets(c, d)
-        total = first.reshape(-1)[where].to(torch.float64) @ st.weights64  # Σ over taps, terms and parts
+        total = first.reshape(-1).numpy()[where].astype(np.float64) @ st.weights64  # Σ over taps, terms, parts
         if st.integer:  # integer sums, exact in float64
             values, left = _integer_rounding(total, st, mode, maxval)
         else:  # float64 from the exact grid part and the small rest
-            value = (total + st.exact.bias_term).abs() if mode == "abs" else total + st.shift
+            value = np.abs(total + st.exact.bias_term) if mode == "abs" else total + st.shift
             values, left = _float_rounding(value, st.recheck, maxval)
-    flat = y.view(-1)
-    flat[near[~left]] = values[~left].to(flat.dtype)
-    for i in torch.nonzero(left).flatten().tolist():
+    flat = y.view(-1).numpy()
+    flat[near[~left]] = values[~left]
+    for i in np.flatnonzero(left).tolist():
         window = block[r[i]: r[i] + d * (st.exact.kh - 1) + 1: d, x[i]: x[i] + d * (st.exact.kw - 1) + 1: d, ch[i]]
-        flat[near[i]] = float(st.exact.value(window))
+        flat[near[i]] = st.exact.value(window)
 
 
-def _integer_rounding(total: torch.Tensor, st: _Step, mode: str, maxval: float):
+def _integer_rounding(total: np.ndarray, st: _Step, mode: str, maxval: float):
     """Integer sums S: the rounding of S / divisor + shift (abs: |S / divisor + bias|), exact
     in int64 where 2·shift·divisor is whole, else in float64 with its bound."""
-    sums = total.round().to(torch.int64)  # exact: integers below 2^53
+    sums = np.round(total).astype(np.int64)  # exact: integers below 2^53
     twice = 2 * st.shift * st.divisor
     if not float(twice).is_integer():
-        value = sums.to(torch.float64) / st.divisor + (st.exact.bias_term if mode == "abs" else st.shift)
-        return _float_rounding(value.abs() if mode == "abs" else value, st.recheck, maxval)
+        value = sums / st.divisor + (st.exact.bias_term if mode == "abs" else st.shift)
+        return _float_rounding(np.abs(value) if mode == "abs" else value, st.recheck, maxval)
     num = 2 * sums + int(twice)  # 2·divisor·V (abs: the shift is the bias alone)
     if mode == "abs":
-        num = num.abs()
-    den = 2 * st.divisor
-    q = torch.div(num, den, rounding_mode="floor")
-    rem = num - q * den
+        num = np.abs(num)
+    q, rem = np.divmod(num, 2 * st.divisor)
     up = (rem > st.divisor) | ((rem == st.divisor) & (q % 2 == 1))  # half to even
-    return (q + up.to(torch.int64)).clamp(0, int(maxval)), torch.zeros(len(num), dtype=torch.bool)
+    return np.clip(q + up, 0, int(maxval)), np.zeros(len(num), dtype=bool)
 
 
-def _float_rounding(value: torch.Tensor, bound: float, maxval: float):
+def _float_rounding(value: np.ndarray, bound: float, maxval: float):
     """Values known to within ``bound``: their rounding where they are farther than that from
     k + ½, and which are not (to be settled exactly)."""
-    floor = torch.floor(value)
+    floor = np.floor(value)
     frac = value - floor
-    left = (frac - 0.5).abs() <= bound
-    rounded = (floor + (frac > 0.5).to(floor.dtype)).clamp(0, maxval).to(torch.int64)
-    return rounded, left
+    rounded = np.clip(floor + (frac > 0.5), 0, maxval).astype(np.int64)
+    return rounded, np.abs(frac - 0.5) <= bound
 
 
 class _Exact:
