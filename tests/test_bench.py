@@ -191,3 +191,22 @@ def test_bench_workdir_must_be_new_empty_or_its_own(tmp_path):
     result = CliRunner().invoke(main, ["bench", "--workdir", str(folder), "--only", "W4"])
     assert result.exit_code == 2 and "--workdir" in result.stderr
     assert os.listdir(folder) == ["photo.jpg"] and (folder / "photo.jpg").read_bytes() == b"my holiday photo"
+
+
+def test_the_readme_performance_command_is_valid():
+    """The command the README's Performance section gives to reproduce its table parses: its
+    workloads exist and its options are bench's (running it takes minutes: bench does that)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from kernelcli.cli.bench import bench as command
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    (line,) = re.findall(r"^.*kernelcli bench .*$", section.split("```sh", 1)[1].split("```", 1)[0], re.M)
+    args = shlex.split(line.split("kernelcli bench", 1)[1])
+    ctx = command.make_context("bench", args)
+    assert ctx.params["only"] and set(ctx.params["only"]) <= set(bench.WORKLOADS)
+    for name in ctx.params["only"]:
+        assert f"| {name}" in section  # each workload it runs is in the table
