@@ -51,11 +51,14 @@ def _free_port() -> int:
 
 
 class LocalS3:
-    """A SeaweedFS server for the benchmark, with its own random credentials."""
+    """A private SeaweedFS server (``weed mini``) on loopback with its own random credentials,
+    telemetry off, every port chosen free; stopped by PID (SIGTERM, then SIGKILL) on exit.
+    Used by W8 and by the test suite's ``s3_server``."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, bucket: str = BUCKET, key: str = "kernelcli-bench", timeout: float = 60.0):
         self.folder = Path(tempfile.mkdtemp(prefix="seaweedfs-", dir=folder))
-        self.key, self.secret = "kernelcli-bench", secrets.token_hex(16)
+        self.bucket, self.key, self.secret = bucket, key, secrets.token_hex(16)
+        self.timeout = timeout
         self.proc = None
         self.endpoint = ""
 
@@ -74,13 +77,15 @@ class LocalS3:
             self.proc = subprocess.Popen(
                 [weed(), "mini", f"-dir={self.folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                  "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
-                 "-s3.port.lance=0", f"-bucket={BUCKET}", *flags],
+                 "-s3.port.lance=0", f"-bucket={self.bucket}", *flags],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder, start_new_session=True)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.timeout
         while not self._ready():
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                tail = (self.folder / "weed.log").read_text(errors="replace")[-3000:]
                 self.__exit__()
-                raise RuntimeError(f"SeaweedFS did not start; see {self.folder / 'weed.log'}")
+                raise RuntimeError(f"SeaweedFS did not start within {self.timeout:g} s "
+                                   f"(exit {self.proc.poll()}):\n{tail}")
             time.sleep(0.2)
         return self
 
@@ -92,7 +97,7 @@ class LocalS3:
         except OSError:
             return False
         try:
-            return self.fs().exists(BUCKET)
+            return self.fs().exists(self.bucket)
         except OSError:
             return False
 
@@ -113,12 +118,9 @@ class LocalS3:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def prepare(store: LocalS3, samples: Path, *, count: int = FILES, side: int = 128, quality: int = 90) -> str:
-    """``count`` JPEGs of ``side``² cut from the sample photos, under ``s3://BUCKET/w8/in/``."""
-    sources = []
-    for path in sorted(samples.glob("*.jpg")) + [samples / "camera.png"]:
-        with Image.open(path) as im:
-            sources.append(np.asarray(im.convert("RGB")))
+def prepare(store: LocalS3, sources, *, count: int = FILES, side: int = 128, quality: int = 90) -> str:
+    """``count`` JPEGs of ``side``² cut from the (H, W, 3) uint8 ``sources`` (bench's generated
+    photo), under ``s3://BUCKET/w8/in/``."""
     rng = np.random.default_rng(8)
     blobs = {}
     for i in range(count):

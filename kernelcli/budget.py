@@ -28,7 +28,6 @@ from .errors import ImageError, UsageError
 DEFAULT_SHARE = 0.5  # of the available memory
 TORCH_ADDRESS_SPACE = 1 << 30  # address space torch's libraries and its threads' arenas take, before it is loaded
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-from .engine import STRIP_BYTES, TILE_BYTES  # noqa: F401 (the engine's sizes, importable here as before)
 
 
 class MemoryBudgetError(UsageError):
@@ -195,6 +194,9 @@ def apply_estimate(channels: int, height: int, width: int, itemsize: int, kernel
         if step.engine == "fast":
             strip = min(h, BAND_ROWS if step.method == "banded" else strip_rows(w, channels, itemsize))
             block = (strip + ph) * (w + pw) * channels * float_size * (3 + parts)
+            if step.method == "banded":  # the padded block, each term's first product (two parts), the result
+                terms = len(step.bands.columns) if step.bands else 1
+                block = ((strip + ph) + BAND_ROWS * (4 * terms + 3)) * (w + pw + BAND_ROWS) * channels * float_size
             workers = min(workers, -(-h // strip))
             # the step's output, and the previous step's when chained (a decoded image is
             # already (H, W, C): the first step reads it without a copy)

@@ -240,36 +240,6 @@ def make_progress(total: int, quiet: bool = False):
     return Handle()
 
 
-def print_bench(data: dict, repeat: int) -> None:
-    """The ``kernelcli bench`` tables on stdout."""
-    from rich.table import Table
-
-    out = stdout_console()
-    m = data["machine"]
-    out.print(f"{m['cpus']} CPUs · {m['platform']} · Python {m['python']} · torch {m['torch']} · {m['date']} · "
-              f"medians of {repeat} · kernelcli start-up (interpreter + imports) {data['start_up_seconds']:.2f} s")
-    table = Table("workload", "tool", "seconds", "after start-up", "throughput", "peak MB", box=None, header_style="bold")
-    for r in data["rows"]:
-        rate = (f"{r['files_per_second']} files/s" + (f" ({r['files_per_second_after_start_up']} after start-up)"
-                                                       if "files_per_second_after_start_up" in r else "")
-                if "files_per_second" in r
-                else f"{r['ms_per_call']} ms/call" if "ms_per_call" in r
-                else f"{r['megapixels_per_second']} MP/s" if "megapixels_per_second" in r else "")
-        table.add_row(r["workload"], r["tool"], f"{r['seconds']:.3f}",
-                      f"{r['after_start_up']:.3f}" if "after_start_up" in r else "", rate,
-                      f"{r['peak_mb']:.0f}" if r["peak_mb"] else "")
-    out.print(table)
-    targets = Table("target", "measured", "limit", "met", "what", box=None, header_style="bold")
-    for t in data["targets"]:
-        targets.add_row(t["target"], f"{t['value']:.2f} {t['unit']}", f"{t['limit']} {t['unit']}",
-                        "yes" if t["met"] else "NO", t["what"])
-    out.print(targets)
-    for name, phases in data["phases"].items():
-        out.print(f"{name} in-process split, one thread: " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
-    if "server" in data:
-        out.print(f"resident server: pid {data['server']['pid']}, idle memory {data['server']['idle_rss_mb']:.0f} MB")
-
-
 def print_library(library) -> None:
     """``kernels list`` at a terminal: a table of the kernels, then the generators."""
     from rich.table import Table

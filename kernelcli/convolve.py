@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from .errors import DeviceError, ImageError, UsageError
 from . import engine
-from .engine import DIRECT_MAX_TAPS, METHODS, TILE_BYTES, choose_method  # noqa: F401 (their old home)
-from .options import CONSTANT_BORDERS, Geometry, border_index, pad_amounts, padded_axis  # noqa: F401 (border_index's old home)
+from .engine import METHODS, choose_method
+from .options import CONSTANT_BORDERS, Geometry, pad_amounts, padded_axis
 from .shapes import output_size
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
@@ -70,7 +70,7 @@ def cpu_tile_rows(x: torch.Tensor, shape, pad_columns: int, out_h: int, method: 
 
 def correlate(
     x: torch.Tensor, weights, anchor: tuple[int, int] | None = None, geo: Geometry = Geometry(),
-    method: str = "auto", tile_rows: int | None = None,
+    method: str = "auto", tile_rows: int | None | str = "auto",
 ) -> torch.Tensor:
     """Correlate every channel of ``x`` (N, C, H, W) with one 2-D kernel; returns (N, C, H', W').
 
@@ -78,8 +78,10 @@ def correlate(
     the output pixel with ``padding='same'`` (default: the centre, or up-left of it).
     ``method``: direct (conv2d), separable (two 1-D passes), fft, or auto (by size and rank).
     ``tile_rows`` computes that many output rows at a time (each tile reads its input rows
-    with the kernel's reach), equal to the untiled result; on a GPU that runs out of memory,
-    kernelcli retries in ever smaller tiles by itself.
+    with the kernel's reach), equal to the untiled result; None: all at once; "auto": on the
+    CPU, tiles of about TILE_BYTES of working set (:func:`kernelcli.engine.tile_rows`; the
+    filters pass their plan's). On a GPU that runs out of memory, kernelcli retries in ever
+    smaller tiles by itself.
     """
     weights = np.asarray(weights, dtype=np.float64)
     kh, kw = weights.shape
@@ -97,8 +99,8 @@ def correlate(
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {METHODS}")
     method = choose_method(weights) if method == "auto" else method
-    if tile_rows is None and x.device.type == "cpu":
-        tile_rows = cpu_tile_rows(x, (kh, kw), left + right, out_h, method)
+    if tile_rows == "auto":
+        tile_rows = cpu_tile_rows(x, (kh, kw), left + right, out_h, method) if x.device.type == "cpu" else None
     if tile_rows is None:
         try:
             padded = pad(x, (top, bottom, left, right), geo.border, geo.border_value)

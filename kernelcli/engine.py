@@ -2,7 +2,8 @@
 
 :func:`plan` says, for every kernel of a job, which engine runs it and how: the fast strip
 engine (:mod:`kernelcli.fast`: ``strips`` of shifted adds, ``banded`` matrix products for
-large separable kernels, ``combined`` kernels part by part) or the reference engine
+large kernels that are a sum of a few separable terms (:mod:`kernelcli.bands`), ``combined``
+kernels part by part) or the reference engine
 (:mod:`kernelcli.convolve`: ``direct`` conv2d, ``separable`` 1-D passes, ``fft``, ``parts``
 of a combined kernel, ``mix`` for multi-channel kernels, ``bank`` for apply_each), and in
 how many rows per tile the reference engine works on the CPU. The engine
@@ -14,15 +15,17 @@ numpy only (no torch): the command line can plan before torch is imported.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .kernel import Kernel
 from .options import CONSTANT_BORDERS, Geometry, pad_amounts
 
 STRIP_BYTES = 1 << 20  # the fast engine's strip of input pixels: about 1 MiB stays in L2 cache
 TILE_BYTES = 64 << 20  # the reference engine's CPU working set per tile: conv2d's unfolded copy, FFT spectra
-BAND_ROWS = 48  # the fast engine's output rows (and columns) per banded matrix product
+BAND_ROWS = 16  # the banded engine's output rows (and columns) per matrix product (kernelcli.bands)
 DIRECT_MAX_TAPS = 49  # up to 7x7: one conv2d; larger: two 1-D passes if separable, else FFT
+MAX_TERMS = 3  # the banded engine's separable terms at most (log: 3, dog and unsharp: 2, gaussian and box: 1)
 METHODS = ("auto", "direct", "separable", "fft")
 FAST_MAPS = ("clip", "abs", "offset")  # pointwise mappings the fast engine fuses per strip
 # The integers the reference engine's float type holds exactly (float32 for 8-bit, float64
@@ -31,13 +34,30 @@ EXACT = {255.0: 2.0**24, 65535.0: 2.0**53}
 
 
 @dataclass(frozen=True)
+class Bands:
+    """A large kernel as the fast engine's banded method computes it: the sum over terms of
+    outer(column, row) (float64 weights; the column runs down the rows), then divided by
+    ``divisor``. ``integer``: the weights are the kernel's integer taps (box:N is ones / N²),
+    so the sums are exact; else they are the kernel's weights times the scale, and
+    ``residual`` bounds Σ|weights − Σ outer(column, row)| (what the terms leave out)."""
+
+    columns: tuple[tuple[float, ...], ...]
+    rows: tuple[tuple[float, ...], ...]
+    divisor: int = 1
+    integer: bool = False
+    residual: float = 0.0
+
+
+@dataclass(frozen=True)
 class Step:
     """How one kernel is computed: ``engine`` "fast" or "reference"; ``method`` (see the
-    module); ``tile_rows`` the reference engine's output rows per CPU tile (None: at once)."""
+    module); ``tile_rows`` the reference engine's output rows per CPU tile (None: at once);
+    ``bands`` the separable terms of a ``banded`` step."""
 
     engine: str
     method: str
     tile_rows: int | None = None
+    bands: Bands | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -98,7 +118,7 @@ def plan(kernels: list[Kernel], options, src: Source) -> tuple[Step, ...]:
         fast = [fast_step(k, geo, options.map_for(kernel), src.maxval, src.channels, options.scale,
                           options.bias_for(kernel)) for k, kernel in steps]
         if all(fast):
-            return tuple(Step("fast", m) for m in fast)
+            return tuple(fast)
     float_size = 8 if src.itemsize == 8 or (src.maxval or 0) > 255 else 4  # the reference engine's float type
     out, h, w = [], src.height, src.width
     for k, _ in steps:
@@ -131,11 +151,12 @@ def plan_each(kernels: list[Kernel], options, src: Source) -> Step | None:
 
 
 def fast_step(kernel: Kernel, geo: Geometry, mode: str, maxval: float | None, channels: int,
-              scale: float = 1.0, bias: float = 0.0) -> str | None:
+              scale: float = 1.0, bias: float = 0.0) -> Step | None:
     """How the fast engine computes this step ("strips", "banded", "combined"), or None where
-    it cannot: small kernels as shifted adds, large separable ones as banded products,
-    combined kernels (sobel, compass) part by part within each strip, when the whole
-    computation (sums, divisor, scale, bias, offset) is proven in range by :func:`reach`."""
+    it cannot: small kernels as shifted adds, when the whole computation (sums, divisor,
+    scale, bias, offset) is proven in range by :func:`reach`; large kernels that are a sum of
+    a few separable terms as banded products (:func:`banded_form`); combined kernels (sobel,
+    compass) part by part within each strip."""
     if not (maxval in EXACT and geo.padding == "same" and geo.stride == 1 and mode in FAST_MAPS
             and channels in (1, 3)):
         return None
@@ -147,10 +168,78 @@ def fast_step(kernel: Kernel, geo: Geometry, mode: str, maxval: float | None, ch
             and float(geo.border_value).is_integer()
             and combined_reach(kernel, geo, maxval, scale, bias, mode) <= EXACT[maxval]
         )
-        return "combined" if ok else None
-    if kernel.kind != "plain" or reach(kernel, geo, maxval, scale, bias, mode) > EXACT[maxval]:
+        return Step("fast", "combined") if ok else None
+    bound = reach(kernel, geo, maxval, scale, bias, mode) if kernel.kind == "plain" else math.inf
+    if bound == math.inf:
         return None
-    return {"direct": "strips", "separable": "banded"}.get(choose_method(kernel.weights))
+    if math.prod(kernel.shape) <= DIRECT_MAX_TAPS:
+        return Step("fast", "strips") if bound <= EXACT[maxval] else None
+    if not float(geo.border_value).is_integer():
+        return None
+    bands = banded_form(kernel, scale, max(maxval, abs(geo.border_value)), EXACT[maxval])
+    return Step("fast", "banded", bands=bands) if bands else None
+
+
+@lru_cache(maxsize=64)
+def banded_form(kernel: Kernel, scale: float, amax: float, exact: float) -> Bands | None:
+    """The separable terms of a large plain kernel (at most MAX_TERMS), or None: integer taps
+    of rank 1 whose sums stay below ``exact`` for inputs up to ``amax`` in magnitude (exact:
+    box:N, binomials), else the float weights times ``scale`` by singular values (gaussian:
+    1 term, dog and unsharp: 2, log: 3). Kernels whose weights are simple fractions with an
+    even denominator (0.01, 1/36 written as decimals) are left to the reference engine: their
+    sums sit on or next to a rounding tie for many pixels, which the banded engine would have
+    to settle one by one (kernelcli.bands)."""
+    import numpy as np
+
+    ints = integer_form(kernel, scale)
+    if ints is not None:
+        factors = integer_factors(ints[0])
+        if factors is not None and np.abs(factors[0]).sum() * np.abs(factors[1]).sum() * amax < exact:
+            return Bands((tuple(factors[0].tolist()),), (tuple(factors[1].tolist()),), ints[1], True)
+    w = kernel.weights * scale
+    if not (np.isfinite(w).all() and w.any()) or _simple_fractions(w):
+        return None
+    from .analysis import separable_factors
+
+    u, s, vt = np.linalg.svd(w)
+    rank = int((s > s[0] * 1e-12).sum())
+    if rank > MAX_TERMS:
+        return None
+    terms = [separable_factors(w)] if rank == 1 else [(u[:, t] * s[t], vt[t]) for t in range(rank)]
+    residual = float(np.abs(w - sum(np.outer(c, r) for c, r in terms)).sum())
+    return Bands(tuple(tuple(c.tolist()) for c, _ in terms), tuple(tuple(r.tolist()) for _, r in terms),
+                 residual=residual)
+
+
+def integer_factors(taps):
+    """(column, row) integer vectors with outer(column, row) == taps, or None (rank > 1)."""
+    import numpy as np
+
+    i, j = np.unravel_index(np.argmax(np.abs(taps)), taps.shape)
+    column = taps[:, j] // math.gcd(*taps[:, j].tolist())
+    if column[np.argmax(np.abs(column))] < 0:
+        column = -column
+    if np.any(taps[i] % column[i]):
+        return None
+    row = taps[i] // column[i]
+    return (column, row) if np.array_equal(np.outer(column, row), taps) else None
+
+
+def _simple_fractions(w, limit: int = 4096) -> bool:
+    """Whether every weight is p/q (to 1e-12) with one common even denominator up to ``limit``."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    common = 1
+    for v in np.unique(np.abs(w[w != 0])).tolist():
+        f = Fraction(v).limit_denominator(limit)
+        if abs(float(f) - v) > 1e-12 * v:
+            return False
+        common = math.lcm(common, f.denominator)
+        if common > limit:
+            return False
+    return common % 2 == 0
 
 
 def reach(kernel: Kernel, geo: Geometry, maxval: float, scale: float = 1.0, bias: float = 0.0,

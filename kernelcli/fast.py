@@ -6,11 +6,13 @@ Instead of a grouped ``conv2d`` over a float copy of the whole image, the image 
 into row strips (with a halo of the kernel's reach) that stay in cache; each strip is the
 sum of the kernel's non-zero taps as shifted multiply-adds, in 16- or 32-bit integers when
 the kernel has integer weights (exact, then divided by the divisor), in float32 otherwise;
-mapping, rounding and the cast back to the pixel type are fused per strip. Strips run on
-a few threads (torch releases the GIL). Memory: the input, the output and a strip per
-thread. Results equal the reference engine bit for bit (tests/test_fast.py, and
-tests/test_bounds.py up to the bounds). Whether it runs is decided by
-:func:`kernelcli.engine.plan` alone; values are mapped by :func:`kernelcli.mapping.map_values`.
+mapping, rounding and the cast back to the pixel type are fused per strip. Large kernels
+that are a sum of a few separable terms run as banded matrix products (:mod:`kernelcli.bands`).
+Strips run on a few threads (torch releases the GIL). Memory: the input, the output and a
+strip per thread. Results equal the reference engine bit for bit (tests/test_fast.py, and
+tests/test_bounds.py up to the bounds). Whether and how it runs is decided by
+:func:`kernelcli.engine.plan` alone (the Step it is given); values are mapped by
+:func:`kernelcli.mapping.map_values`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import numpy as np
 import torch
 
 from . import engine
-from .convolve import Geometry, as_tensor, gather, pad_amounts, padded_axis
-# The plan's rules, importable from their old home:
-from .engine import EXACT, combined_reach, integer_form, reach  # noqa: F401
+from .convolve import as_tensor, gather
+from .options import Geometry, pad_amounts, padded_axis
+from .engine import Step, integer_form, reach
 from .kernel import Kernel
 from .mapping import Stats, map_values
 
@@ -41,78 +43,44 @@ def _forget_pool():  # a pool's threads do not survive fork: a forked worker sta
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def banded(kernel: Kernel) -> tuple[np.ndarray, np.ndarray] | None:
-    """The 1-D factors of a large separable kernel, which runs as two banded matrix products
-    (vertical, then horizontal) instead of kh·kw shifted adds; None for other kernels."""
-    from .analysis import separable_factors
-
-    if kernel.kind != "plain" or engine.choose_method(kernel.weights) != "separable":
-        return None
-    return separable_factors(kernel.weights)
-
-
 def eligible(kernel: Kernel, geo: Geometry, mode: str, maxval: float | None, channels: int,
              scale: float = 1.0, bias: float = 0.0) -> bool:
     """Whether this step alone could run here (:func:`kernelcli.engine.fast_step`)."""
     return engine.fast_step(kernel, geo, mode, maxval, channels, scale, bias) is not None
 
 
-def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, maxval: float,
+def filter_strips(hwc: np.ndarray, kernel: Kernel, step: Step, geo: Geometry, mode: str, maxval: float,
                   scale: float = 1.0, bias: float = 0.0, stats: bool = True,
                   workers: int | None = None) -> tuple[np.ndarray, Stats | None]:
-    """Filter an (H, W, C) uint8/uint16 array; returns the mapped array of the same type and
-    (if ``stats``) the Stats of the unmapped result (range and share clipped). Only for a
-    step that :func:`kernelcli.engine.plan` gave to the fast engine."""
+    """Filter an (H, W, C) uint8/uint16 array as ``step`` (of :func:`kernelcli.engine.plan`,
+    on the fast engine) says; returns the mapped array of the same type and (if ``stats``) the
+    Stats of the unmapped result (range and share clipped)."""
+    if step.method == "banded":
+        from .bands import filter_bands
+
+        return filter_bands(hwc, kernel, step.bands, geo, mode, maxval, scale, bias, stats, _executor(workers))
     h, w, c = hwc.shape
-    src = as_tensor(hwc)
-    out = np.empty_like(hwc)
+    src, out = as_tensor(hwc), np.empty_like(hwc)
     dst = torch.from_numpy(out)
-    kh, kw = kernel.shape
-    d = geo.dilation
-    top, bottom, left, right = pad_amounts((kh, kw), kernel.anchor, geo)
+    top, bottom, left, right = pad_amounts(kernel.shape, kernel.anchor, geo)
     rows_all, rows_outside = padded_axis(h, top, bottom, geo)
     cols = padded_axis(w, left, right, geo)
-
-    float_type = torch.float32 if maxval <= 255 else torch.float64
-    factors = None if kernel.combine else banded(kernel)
-    # Integer taps (exact) unless the kernel is large and separable, has fractional weights,
-    # or a fractional constant border would enter the sums.
-    ints = None if factors or kernel.combine or not float(geo.border_value).is_integer() else integer_form(kernel, scale)
-    parts = tap_list = None
-    divisor = 1
-    if kernel.combine:  # each part's sums in float: exact for integer taps inside EXACT
-        parts = [(integer_form(p, 1.0), _tap_list(integer_form(p, 1.0)[0])) for p in kernel.parts]
-        acc_type = float_type
-    elif ints is not None:
-        taps, divisor = ints
-        tap_list = _tap_list(taps)
-        # every partial sum, and the sum plus bias and offset, must fit the accumulator
-        bound = reach(kernel, geo, maxval, scale, bias, mode)
-        acc_type = torch.int16 if bound < 2**15 else torch.int32 if bound < 2**31 else torch.float64
-    else:
-        tap_list = _tap_list(kernel.weights * scale)
-        acc_type = float_type
+    acc_type, float_type, taps, divisor = _sums(kernel, step, geo, mode, maxval, scale, bias)
     # Integer sums need no rounding: they stay exact (and fast) through the mapping, when
     # each term it adds is whole (the bias in pixel units; mid-gray is: 128, 32768).
     whole = divisor == 1 and not acc_type.is_floating_point and float(bias * maxval).is_integer()
     map_scale = scale if kernel.combine else 1.0  # other kernels carry the scale in their taps
     strip = engine.strip_rows(w, c, hwc.itemsize)
-    if factors:
-        strip = engine.BAND_ROWS
-        column, row = factors[0] * scale, factors[1]
 
     def one(r0: int) -> Stats | None:
         r1 = min(h, r0 + strip)
         span = slice(r0, r1 + top + bottom)
         block = gather(src, (rows_all[span], None if rows_outside is None else rows_outside[span]), cols,
                        geo.border_value, axes=(0, 1), dtype=acc_type)
-        sh = r1 - r0
         if kernel.combine:
-            acc = _combine(block, kernel, parts, d, sh, w)
-        elif factors:
-            acc = _separable(block, column, row, d, sh, w, c)
+            acc = _combine(block, kernel, taps, geo.dilation, r1 - r0, w)
         else:
-            acc = _shifted_sum(block, tap_list, d, sh, w)
+            acc = _shifted_sum(block, taps, geo.dilation, r1 - r0, w)
         y = acc if whole else acc.to(float_type)
         if divisor != 1:
             y.div_(divisor)
@@ -127,6 +95,24 @@ def filter_strips(hwc: np.ndarray, kernel: Kernel, geo: Geometry, mode: str, max
     rows = [min(strip, h - r0) for r0 in starts]  # each strip's share of the values
     clipped = sum(st.clipped * n for st, n in zip(results, rows)) / max(1, h)
     return out, Stats(min(st.minimum for st in results), max(st.maximum for st in results), clipped, engine="fast")
+
+
+def _sums(kernel: Kernel, step: Step, geo: Geometry, mode: str, maxval: float, scale: float, bias: float):
+    """(accumulator type, float type, taps, divisor) of a strips or combined step: integer
+    taps (exact) in 16- or 32-bit integers where every partial sum fits, else float; the
+    taps of a combined kernel are its parts' ((taps, divisor), tap list) pairs."""
+    float_type = torch.float32 if maxval <= 255 else torch.float64
+    if step.method == "combined":  # each part's sums in float: exact for integer taps inside EXACT
+        return float_type, float_type, [(integer_form(p, 1.0), _tap_list(integer_form(p, 1.0)[0]))
+                                        for p in kernel.parts], 1
+    # Integer taps (exact) unless the weights are fractional or a fractional constant border
+    # would enter the sums.
+    ints = integer_form(kernel, scale) if float(geo.border_value).is_integer() else None
+    if ints is None:
+        return float_type, float_type, _tap_list(kernel.weights * scale), 1
+    bound = reach(kernel, geo, maxval, scale, bias, mode)  # every partial sum, plus bias and offset
+    acc_type = torch.int16 if bound < 2**15 else torch.int32 if bound < 2**31 else torch.float64
+    return acc_type, float_type, _tap_list(ints[0]), ints[1]
 
 
 def _tap_list(taps: np.ndarray) -> list[tuple[int, int, float]]:
@@ -171,30 +157,6 @@ def fold_part(combine: str, r: torch.Tensor) -> torch.Tensor:
 def accumulate_part(combine: str, acc: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """Fold one more part into the running result (in place)."""
     return torch.maximum(acc, r, out=acc) if combine == "max" else acc.add_(r)
-
-
-def _band(n: int, taps: np.ndarray, dilation: int, dtype) -> torch.Tensor:
-    """The (n, n + d·(k−1)) matrix whose product with a column of inputs correlates it."""
-    k = len(taps)
-    t = np.zeros((n, n + dilation * (k - 1)))
-    for i in range(n):
-        t[i, i: i + dilation * (k - 1) + 1: dilation] = taps
-    return torch.from_numpy(t).to(dtype)
-
-
-def _separable(block: torch.Tensor, column, row, dilation: int, sh: int, w: int, c: int) -> torch.Tensor:
-    """Correlate a padded (sh + reach, w + reach, c) block with outer(column, row): one
-    matrix product down the rows, then blocks of products along the columns."""
-    rows_in = block.shape[0]
-    vertical = _band(sh, column, dilation, block.dtype) @ block.reshape(rows_in, -1)
-    across = vertical.reshape(sh, -1, c).transpose(0, 1).reshape(-1, sh * c)  # (w + reach, sh·c)
-    result = torch.empty(w, sh * c, dtype=block.dtype)
-    full = _band(engine.BAND_ROWS, row, dilation, block.dtype)
-    for c0 in range(0, w, engine.BAND_ROWS):
-        n = min(engine.BAND_ROWS, w - c0)
-        t = full if n == engine.BAND_ROWS else _band(n, row, dilation, block.dtype)
-        torch.matmul(t, across[c0: c0 + t.shape[1]], out=result[c0: c0 + n])
-    return result.reshape(w, sh, c).transpose(0, 1)
 
 
 def _executor(workers: int | None) -> ThreadPoolExecutor:

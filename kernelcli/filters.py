@@ -6,6 +6,7 @@ read → tensor → (per kernel: correlate → map to the output depth) → Rast
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -92,7 +93,15 @@ def source(raster: Raster, options: Options) -> Source:
 
 def plan(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> tuple[Step, ...]:
     """How each of ``kernels`` will be computed on ``raster`` (:func:`kernelcli.engine.plan`)."""
-    return engine.plan(kernels, options, source(raster, options))
+    return _planned(tuple(kernels), options, source(raster, options))
+
+
+@lru_cache(maxsize=64)
+def _planned(kernels: tuple[Kernel, ...], options: Options, src: Source) -> tuple[Step, ...]:
+    """engine.plan, once per (kernels, options, source): a file whose header was checked
+    before it was read (kernelcli.runner) is not planned again when its pixels arrive, unless
+    they differ from what the header said (transparency)."""
+    return engine.plan(list(kernels), options, src)
 
 
 def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> tuple[Raster, list[Stats]]:
@@ -100,7 +109,7 @@ def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Opti
     and rounded to the output bit depth before the next, so a chain of separate runs gives
     the same pixels as one run. Returns the new Raster and each step's Stats (None where
     the fast engine ran with ``options.stats`` off); their ``engine`` and ``method`` are the
-    plan's (:func:`plan`), which the memory check priced too."""
+    plan's (:func:`plan`), which the memory check priced and the engines run as given."""
     steps = plan(raster, kernels, options)
     check_memory(raster, kernels, options, steps=steps)
     if steps[0].engine == "fast":
@@ -110,7 +119,7 @@ def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Opti
     stats = []
     for kernel, step in zip(kernels, steps):
         k = kernel.flipped() if options.convolve else kernel
-        y = _filter(x, alpha if work.see_through else None, k, geo, options.color, step.method)
+        y = _filter(x, alpha if work.see_through else None, k, geo, options.color, step)
         if alpha is not None:
             alpha = sample_at_anchor(alpha, k.shape, k.anchor, geo)
         x, st = _finish(y, kernel, options, work.maxval, raster.maxval or 1.0)
@@ -118,32 +127,35 @@ def apply_kernels(raster: Raster, kernels: list[Kernel], options: Options = Opti
     return _raster(x, alpha, options, work.maxval, raster), stats
 
 
-def check_memory(raster: Raster, kernels: list[Kernel], options: Options, fast: bool | None = None,
-                 name: str | None = None, results: int = 1, steps: tuple[Step, ...] | None = None) -> None:
+def check_memory(raster: Raster, kernels: list[Kernel], options: Options, name: str | None = None,
+                 results: int = 1, steps: tuple[Step, ...] | None = None) -> None:
     """Refuse (MemoryBudgetError) a job whose estimated peak exceeds ``options.max_memory``;
     ``results``: each kernel applied alone, all results held at once (apply_each). The
-    estimate prices the plan's steps (:func:`plan`, computed here unless given); ``fast``
-    is ignored (the plan decides)."""
+    estimate prices the plan's steps (:func:`plan`, computed here unless given)."""
     from . import budget
 
     c, h, w = raster.pixels.shape
     if results == 1:
-        chains = [(kernels, steps or plan(raster, kernels, options))]
+        chains = [(tuple(kernels), steps or plan(raster, kernels, options))]
     else:  # the bank: every kernel on the reference engine, a result each
         bank = engine.Step("reference", "bank")
-        chains = [([k], (bank,)) for k in kernels]
-    need = max(budget.apply_estimate(c, h, w, raster.pixels.itemsize, ks, options, alpha=raster.alpha is not None,
-                                     steps=st) for ks, st in chains) * results
+        chains = [((k,), (bank,)) for k in kernels]
+    need = max(_priced(c, h, w, raster.pixels.itemsize, ks, options, raster.alpha is not None, st)
+               for ks, st in chains) * results
     budget.check(need, options.max_memory, f"{name + ': ' if name else ''}filtering {w}x{h} pixels with {' → '.join(k.name for k in kernels)}")
 
 
-def _fast_eligible(raster: Raster, kernels: list[Kernel], options: Options) -> bool:
-    """Whether the plan puts every step on the fast engine (kept for old callers)."""
-    return plan(raster, kernels, options)[0].engine == "fast"
+@lru_cache(maxsize=64)
+def _priced(c: int, h: int, w: int, itemsize: int, kernels: tuple[Kernel, ...], options: Options, alpha: bool,
+            steps: tuple[Step, ...]) -> int:
+    """budget.apply_estimate, once per job shape (see :func:`_planned`)."""
+    from . import budget
+
+    return budget.apply_estimate(c, h, w, itemsize, kernels, options, alpha=alpha, steps=steps)
 
 
 def _fast(raster: Raster, kernels: list[Kernel], options: Options, steps: tuple[Step, ...]):
-    """Every step on the strip engine of :mod:`kernelcli.fast`, as the plan said."""
+    """Every step on the fast engine of :mod:`kernelcli.fast`, as the plan said."""
     from . import fast
 
     maxval = raster.maxval
@@ -151,7 +163,7 @@ def _fast(raster: Raster, kernels: list[Kernel], options: Options, steps: tuple[
     stats = []
     for kernel, step in zip(kernels, steps):
         k = kernel.flipped() if options.convolve else kernel
-        hwc, st = fast.filter_strips(hwc, k, options.geometry, options.map_for(kernel), maxval, options.scale,
+        hwc, st = fast.filter_strips(hwc, k, step, options.geometry, options.map_for(kernel), maxval, options.scale,
                                      options.bias_for(kernel), options.stats)
         stats.append(None if st is None else replace(st, engine=step.engine, method=step.method))
     result = Raster(hwc.transpose(2, 0, 1), raster.alpha, maxval, raster.format, raster.icc_profile, raster.exif)
@@ -185,29 +197,29 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1, keepdim=True)
 
 
-def _filter(x, alpha, k: Kernel, geo: Geometry, color: str, method: str = "auto") -> torch.Tensor:
-    """One step on the reference engine; ``method`` is the plan's (auto: choose)."""
+def _filter(x, alpha, k: Kernel, geo: Geometry, color: str, step: Step) -> torch.Tensor:
+    """One step on the reference engine, as the plan's ``step`` says (method, tile rows)."""
     if k.kind == "multi-channel":
         return _mix(x, alpha, k, geo)
     if color == "luma" and x.shape[1] == 3:
         # Filter luminance only; adding the change of Y to R, G and B keeps Cb and Cr.
         y = _luma(x)
-        delta = _respond(y, alpha, k, geo, method) - sample_at_anchor(y, k.shape, k.anchor, geo)
+        delta = _respond(y, alpha, k, geo, step) - sample_at_anchor(y, k.shape, k.anchor, geo)
         return sample_at_anchor(x, k.shape, k.anchor, geo) + delta
-    out = _respond(x, alpha, k, geo, method)
+    out = _respond(x, alpha, k, geo, step)
     return out.sum(1, keepdim=True) if color == "sum" else out
 
 
-def _respond(x, alpha, k: Kernel, geo: Geometry, method: str = "auto") -> torch.Tensor:
+def _respond(x, alpha, k: Kernel, geo: Geometry, step: Step) -> torch.Tensor:
     """A plain kernel's response, or a combined kernel's: magnitude √Σgᵢ², max |gᵢ|, or Σgᵢ
-    (each part by its own method)."""
+    (each part by the method its size asks for, in the step's tiles)."""
     if not k.combine:
-        return _correlate_alpha(x, alpha, k, geo, method)
+        return _correlate_alpha(x, alpha, k, geo, step.method, step.tile_rows)
     from .fast import accumulate_part, fold_part
 
     acc = None
     for p in k.parts:  # one part at a time: memory for two responses, not one per part
-        r = fold_part(k.combine, _correlate_alpha(x, alpha, p, geo))
+        r = fold_part(k.combine, _correlate_alpha(x, alpha, p, geo, "auto", step.tile_rows))
         acc = r if acc is None else accumulate_part(k.combine, acc, r)
     if k.combine == "magnitude":
         acc.sqrt_()
@@ -229,7 +241,7 @@ def _mix(x, alpha, k: Kernel, geo: Geometry) -> torch.Tensor:
     return out
 
 
-def _correlate_alpha(x, alpha, k: Kernel, geo: Geometry, method: str = "auto") -> torch.Tensor:
+def _correlate_alpha(x, alpha, k: Kernel, geo: Geometry, method: str, tile_rows: int | None) -> torch.Tensor:
     """Correlate colour; with transparency, filter premultiplied colour and renormalise so
     transparent pixels (whatever colour they store) do not bleed in as dark halos.
 
@@ -238,12 +250,12 @@ def _correlate_alpha(x, alpha, k: Kernel, geo: Geometry, method: str = "auto") -
     """
     taps = _taps(k)
     if alpha is None:
-        out = correlate(x, taps, k.anchor, geo, method)
+        out = correlate(x, taps, k.anchor, geo, method, tile_rows)
         return out / k.divisor if k.divisor != 1 else out
-    num = correlate(x * alpha, taps, k.anchor, geo, method) / k.divisor
+    num = correlate(x * alpha, taps, k.anchor, geo, method, tile_rows) / k.divisor
     own = sample_at_anchor(alpha, k.shape, k.anchor, geo)
     total = float(taps.sum())
-    den = correlate(alpha, taps, k.anchor, geo, method) / total if abs(total) > 1e-9 else own
+    den = correlate(alpha, taps, k.anchor, geo, method, tile_rows) / total if abs(total) > 1e-9 else own
     den = torch.where(den > 1e-6, den, own)
     return torch.where(own > 0, num / den.clamp_min(1e-6), torch.zeros_like(num))
 

@@ -79,6 +79,7 @@ def generate(spec: str, *, max_kernel: int = MAX_KERNEL_SIZE) -> Kernel:
     import numpy as np
 
     name = spec.partition(":")[0]
+    divisor = 1
     if name == "gaussian":
         sigma, *rest = _args(spec, (1, 2))
         w = gaussian_2d(sigma, _size(spec, sigma, rest, max_kernel))
@@ -88,7 +89,8 @@ def generate(spec: str, *, max_kernel: int = MAX_KERNEL_SIZE) -> Kernel:
         if n != int(n) or not 1 <= n <= max_kernel:
             raise KernelFileError(f"kernel {spec!r}: N must be a whole number from 1 to {max_kernel}",
                                   setting="max_kernel" if n == int(n) and n > max_kernel else None)
-        w = np.ones((int(n), int(n))) / n**2
+        w = np.ones((int(n), int(n)))  # the sum, divided by N² after: exact sums, as box-blur's
+        divisor = int(n) ** 2
         what = f"{int(n)}x{int(n)} mean"
     elif name == "motion":
         length, angle = _args(spec, (2,))
@@ -116,7 +118,7 @@ def generate(spec: str, *, max_kernel: int = MAX_KERNEL_SIZE) -> Kernel:
     else:  # pragma: no cover - guarded by is_generated
         raise KernelFileError(f"unknown generator {name!r}")
     matrix = check_matrix([list(r) for r in w], f"kernel {spec!r}", max_kernel=max_kernel)
-    return Kernel(name=_file_safe(spec), matrix=matrix, description=what, source="generated")
+    return Kernel(name=_file_safe(spec), matrix=matrix, description=what, source="generated", divisor=divisor)
 
 
 def motion(spec: str, length: float, angle: float, max_kernel: int = MAX_KERNEL_SIZE):

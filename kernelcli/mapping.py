@@ -57,6 +57,26 @@ def map_values(
     ``stats=False`` skips the Stats (None) and the passes that only they need; ``proven``:
     the caller proved the result finite (the fast engine's bounds), so no check for NaN/inf.
     """
+    y, st = _mapped(x, mode, maxval, scale, bias, what, inplace, stats, proven)
+    return _rounded(y, maxval), st
+
+
+def map_near(x: torch.Tensor, mode: str, maxval: float, tolerance: float, *, bias: float = 0.0,
+             stats: bool = True) -> tuple[torch.Tensor, Stats | None, torch.Tensor | None]:
+    """:func:`map_values` of a float result the caller proved finite, in place, and the flat
+    indices of the values that were within ``tolerance`` of a rounding boundary (k + ½)
+    before rounding (None when ``tolerance`` is 0): where an engine that knows its rounding
+    error is at most ``tolerance`` must settle the value exactly (:mod:`kernelcli.bands`)."""
+    y, st = _mapped(x, mode, maxval, 1.0, bias, "the filter", True, stats, True)
+    if not tolerance > 0:
+        return _rounded(y, maxval), st, None
+    rounded = torch.round(y)
+    near = _near_ties(y.sub_(rounded).abs_(), tolerance)  # |y − round(y)|: ½ at a boundary
+    return rounded.clamp_(0, maxval), st, near
+
+
+def _mapped(x, mode, maxval, scale, bias, what, inplace, stats, proven):
+    """Everything of the mapping but the rounding: (unrounded values, Stats or None)."""
     check_mode(mode)
     y = x if inplace else x.clone()
     whole = not y.is_floating_point()
@@ -78,12 +98,30 @@ def map_values(
             y.sub_(lo).mul_(maxval / (hi - lo))
         else:
             y.fill_((maxval + 1) / 2)
-    outside = None
-    if stats:
-        outside = int(torch.count_nonzero((y < 0) | (y > maxval))) / y.numel() if y.numel() else 0.0
-    if whole:
-        return y.clamp_(0, int(maxval)), None if outside is None else Stats(lo, hi, outside)
-    return y.round_().clamp_(0, maxval), None if outside is None else Stats(lo, hi, outside)
+    if not stats:
+        return y, None
+    outside = int(torch.count_nonzero((y < 0) | (y > maxval))) / y.numel() if y.numel() else 0.0
+    return y, Stats(lo, hi, outside)
+
+
+def _rounded(y: torch.Tensor, maxval: float) -> torch.Tensor:
+    if not y.is_floating_point():
+        return y.clamp_(0, int(maxval))
+    return y.round_().clamp_(0, maxval)
+
+
+def _near_ties(distance: torch.Tensor, tolerance: float, run: int = 64) -> torch.Tensor:
+    """Flat indices of the values whose ``distance`` |y − round(y)| (contiguous) is within
+    ``tolerance`` of ½. Runs of ``run`` values are screened by their maximum first
+    (candidates are rare), then searched."""
+    flat = distance.view(-1)
+    edge = 0.5 - tolerance
+    runs = len(flat) // run
+    head = flat[:runs * run].view(runs, run)
+    rows = torch.nonzero(head.amax(1) >= edge).flatten()
+    hits = torch.nonzero(head[rows] >= edge)
+    tail = torch.nonzero(flat[runs * run:] >= edge).flatten() + runs * run
+    return torch.cat([rows[hits[:, 0]] * run + hits[:, 1], tail])
 
 
 def _term(value: float, whole: bool):

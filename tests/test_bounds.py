@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import kernelcli.engine as engine
 import kernelcli.fast as fast
 from kernelcli.filters import Options, apply_kernels
 from kernelcli.images import Raster
@@ -107,10 +108,10 @@ def test_a_bias_below_one_level_with_offset_maps_like_the_reference(rng):
 def test_the_bound_includes_bias_and_offset():
     k = Kernel("k", ((128.0,),))
     geo = Geometry()
-    assert fast.reach(k, geo, 255.0) == 128 * 255
-    assert fast.reach(k, geo, 255.0, bias=1.0) == 128 * 255 + 255
-    assert fast.reach(k, geo, 255.0, mode="offset") == 128 * 255 + 128
-    assert fast.reach(Kernel("k", ((1.0, -2.0),)), Geometry("constant", -10.0), 255.0) == 2 * 255 + 1 * 10
+    assert engine.reach(k, geo, 255.0) == 128 * 255
+    assert engine.reach(k, geo, 255.0, bias=1.0) == 128 * 255 + 255
+    assert engine.reach(k, geo, 255.0, mode="offset") == 128 * 255 + 128
+    assert engine.reach(Kernel("k", ((1.0, -2.0),)), Geometry("constant", -10.0), 255.0) == 2 * 255 + 1 * 10
     assert not fast.eligible(Kernel("k", ((1e300,),)), geo, "clip", 255.0, 1)
     assert not fast.eligible(Kernel("k", ((1.0,),)), geo, "clip", 255.0, 1, scale=1e30)
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import kernelcli
-from kernelcli.convolve import Geometry, border_index, correlate, output_size, resolve_device
+from kernelcli.convolve import Geometry, correlate, output_size, resolve_device
+from kernelcli.options import border_index
 from kernelcli.errors import DeviceError, UsageError
 from kernelcli.filters import Options, apply_kernels
 from kernelcli.images import Raster
@@ -257,7 +258,8 @@ def test_bank_with_valid_padding_and_equal_shapes(library, rng):
 
 PLAN_CASES = [  # (kernels, options, engine on 8/16-bit pixels for 1 and 3 channels): every method there is
     (["sharpen"], {}, "fast fast"), (["gaussian:3"], {}, "fast fast"), (["sobel"], {}, "fast fast"),
-    (["blur", "emboss"], {"scale": 0.5}, "fast fast"), (["log:3"], {}, "reference reference"),
+    (["blur", "emboss"], {"scale": 0.5}, "fast fast"), (["log:3"], {}, "fast fast"),
+    (["motion:15,30"], {}, "reference reference"),
     (["sharpen"], {"map": "normalize"}, "reference reference"),
     (["blur"], {"geometry": Geometry(stride=2)}, "reference reference"),
     (["compass"], {"color": "sum"}, "fast reference"), (["rgb-to-gray"], {}, "reference reference"),
@@ -307,3 +309,26 @@ def test_memory_estimate_prices_the_engine_that_runs(library, rng, monkeypatch, 
         assert tiles == [t for t in single if t is not None]
     engine_ran = "reference" if dtype == np.float32 else expected.split()[size[0] == 3]
     assert {st.engine for st in stats} == {engine_ran}
+
+
+def test_a_file_is_planned_and_priced_once(tmp_path, monkeypatch, rng):
+    """The runner checks a file's memory from its header before reading it; when the pixels
+    arrive, the engine runs that same plan: engine.plan and the estimate run once per file
+    (again only where the decoded image differs from its header: a new source)."""
+    from PIL import Image
+
+    import kernelcli.budget as budget
+    import kernelcli.engine as engine
+    from kernelcli import filters, runner
+
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    planned, priced = [], []
+    real_plan, real_estimate = engine.plan, budget.apply_estimate
+    monkeypatch.setattr(engine, "plan", lambda *a: (planned.append(1), real_plan(*a))[1])
+    monkeypatch.setattr(budget, "apply_estimate", lambda *a, **k: (priced.append(1), real_estimate(*a, **k))[1])
+    filters._planned.cache_clear()
+    filters._priced.cache_clear()
+    report = runner.apply_paths([str(tmp_path / "in.png")], ["gaussian:2"],
+                                batch=runner.Batch(output=str(tmp_path / "out.png"), verbosity=0))
+    assert report.exit_code == 0 and (tmp_path / "out.png").exists()
+    assert (len(planned), len(priced)) == (1, 1)

@@ -35,7 +35,7 @@ def png_header(path: Path, width: int, height: int) -> Path:
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
-    """One large photo (24 MP, `log:3` needs about 1.7 GiB) among three small ones."""
+    """One large photo (24 MP, `motion:15,30`, which runs on the reference engine's FFT, needs about 1.2 GB) among three small ones."""
     folder = tmp_path_factory.mktemp("memory")
     (folder / "in").mkdir()
     Image.fromarray(np.zeros((4000, 6000, 3), np.uint8)).save(folder / "in" / "big.png")
@@ -51,7 +51,7 @@ def address_space(batch):
     that filtered a small one reached (torch, threads), plus 300 MB."""
     probe = textwrap.dedent(f"""
         from kernelcli.runner import Batch, apply_paths
-        report = apply_paths([{str(batch / 'in' / 's0.png')!r}], ["log:3"],
+        report = apply_paths([{str(batch / 'in' / 's0.png')!r}], ["motion:15,30"],
                              batch=Batch(output={str(batch / 'probe.png')!r}, jobs=1, overwrite=True))
         print([l for l in open("/proc/self/status") if l.startswith("VmPeak")][0].split()[1])
     """)
@@ -70,7 +70,7 @@ def report_of(path: Path) -> dict:
 
 
 def test_an_allocation_that_fails_fails_that_input_only(batch, address_space, tmp_path):
-    proc = limited(address_space, "apply", "-k", "log:3", batch / "in", "-o", tmp_path / "out", "-j", "1",
+    proc = limited(address_space, "apply", "-k", "motion:15,30", batch / "in", "-o", tmp_path / "out", "-j", "1",
                    "--report", tmp_path / "r.jsonl", "--max-memory", "100G", cwd=tmp_path)  # past the budget
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -84,11 +84,11 @@ def test_an_allocation_that_fails_fails_that_input_only(batch, address_space, tm
 
 
 def test_the_default_budget_counts_the_address_space_limit(batch, address_space, tmp_path):
-    proc = limited(address_space, "apply", "-k", "log:3", batch / "in", "-o", tmp_path / "out",
+    proc = limited(address_space, "apply", "-k", "motion:15,30", batch / "in", "-o", tmp_path / "out",
                    "--report", tmp_path / "r.jsonl", cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr
     first = proc.stderr.splitlines()[0]
-    assert first.startswith(f"kernelcli: error: {batch / 'in' / 'big.png'}: filtering 6000x4000 pixels with log-3 "
+    assert first.startswith(f"kernelcli: error: {batch / 'in' / 'big.png'}: filtering 6000x4000 pixels with motion-15-30 "
                             "would need about ")
     assert first.endswith("(--max-memory raises it; the default is half of the available memory, here bounded by "
                           "the address-space limit (ulimit -v))")

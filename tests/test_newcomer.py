@@ -90,7 +90,7 @@ def test_every_size_like_option_reads_n_and_hxw_with_the_one_parser():
             for option in set(getattr(param, "opts", ())) & {"--size", "--factor"}:
                 size_like[f"{name} {option}"] = param.type
     assert set(size_like) == {"pool --size", "learn --size", "explain --size", "animate --size",
-                              "upsample --factor"}
+                              "upsample --factor", "bench --size"}
     for where, kind in size_like.items():
         assert kind in (common.SHAPE, common.SHAPE_C, common.FACTOR), where
         assert kind.convert("3", None, None)[:2] == (3, 3) and kind.convert("2x5", None, None)[:2] == (2, 5), where

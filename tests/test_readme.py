@@ -44,6 +44,7 @@ def test_readme_worked_example_output_is_true():
 NOT_RUN = {
     "Set up": "installs kernelcli (CI runs the test command; test_exactly_two_setup_commands_and_ci_runs_the_test_one)",
     "Shell completion": "lines for a shell's start-up file (tests/test_ux.py runs each shell's script)",
+    "Performance": "times ImageMagick and libvips for minutes (tests/test_bench.py checks this command line)",
     "Running at scale": "needs an S3 store, a Dask cluster and Ray (tests/test_storage.py, tests/test_cluster.py)",
 }
 

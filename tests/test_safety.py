@@ -420,15 +420,3 @@ def test_writes_never_change_the_process_umask(tmp_path, monkeypatch):
     monkeypatch.setattr(images.os, "umask", no_umask)
     images.write_atomic(tmp_path / "x.bin", b"data")
     assert stat.S_IMODE((tmp_path / "x.bin").stat().st_mode) == 0o666 & ~mask
-
-
-# ---------------------------------------------------------------- the class: bench --workdir
-
-
-def test_bench_workdir_must_be_new_empty_or_its_own(tmp_path):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    (folder / "w2.jpg").write_bytes(b"my holiday photo")
-    result = run("bench", "--workdir", folder, "--only", "W4", "--samples", SAMPLES)
-    assert result.exit_code == 2 and "--workdir" in result.stderr
-    assert os.listdir(folder) == ["w2.jpg"] and (folder / "w2.jpg").read_bytes() == b"my holiday photo"

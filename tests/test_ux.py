@@ -207,30 +207,6 @@ def test_grid_takes_the_image_formats_of_the_table(tmp_path, rng):
 # ---------------------------------------------------------------- 10. nothing left behind
 
 
-def test_bench_removes_its_temporary_folder(tmp_path, monkeypatch):
-    import tempfile
-
-    import kernelcli.bench
-
-    seen = []
-
-    def fake_bench(work, samples, **kwargs):
-        (work / "w1").mkdir()
-        (work / "w1" / "a.jpg").write_bytes(b"x")
-        seen.append(work)
-        return {"rows": []}
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(kernelcli.bench, "bench", fake_bench)
-    result = run("bench", "--json", "-q")
-    assert result.exit_code == 0, result.stderr
-    assert seen and seen[0].parent == tmp_path
-    assert list(tmp_path.iterdir()) == []
-    kept = tmp_path / "mine"
-    assert run("bench", "--json", "-q", "--workdir", kept).exit_code == 0
-    assert (kept / "w1" / "a.jpg").exists()  # the user's own --workdir stays
-
-
 def test_the_readme_setup_output_is_ignored_by_git():
     import re
     import shutil
