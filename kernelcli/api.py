@@ -17,10 +17,10 @@ from .errors import (  # noqa: F401  (re-exported by kernelcli)
     UnknownKernelError,
     UsageError,
 )
-from .kernel import MAX_KERNEL_SIZE, Kernel
-from .kernels import KernelLibrary, parse_inline  # noqa: F401  (re-exported by kernelcli)
-from .batch import Report  # noqa: F401  (re-exported by kernelcli)
-from .runner import Batch, apply_file, apply_paths  # noqa: F401  (re-exported by kernelcli)
+from .kernels.kernel import MAX_KERNEL_SIZE, Kernel
+from .kernels.library import KernelLibrary, parse_inline  # noqa: F401  (re-exported by kernelcli)
+from .run.batch import Report  # noqa: F401  (re-exported by kernelcli)
+from .run.runner import Batch, apply_file, apply_paths  # noqa: F401  (re-exported by kernelcli)
 
 # The public names are listed once, in kernelcli/__init__.py (__all__), which forwards them here.
 
@@ -39,14 +39,14 @@ def apply(image, *kernels, library: KernelLibrary | None = None, border: str = "
     in the .npy files the command reads and writes; uint8/uint16
     → same dtype, mapped; float → raw float result, H×W or H×W×C) or a torch tensor
     H×W or C×H×W (→ raw float tensor). Other keyword options are those of
-    :class:`kernelcli.filters.Options`: ``convolve``, ``color``, ``map``, ``scale``,
+    :class:`kernelcli.compute.filters.Options`: ``convolve``, ``color``, ``map``, ``scale``,
     ``bias``, ``raw``, ``device``.
     """
     import numpy as np
 
-    from .filters import apply_kernels
-    from .options import Geometry, Options, parse_border
-    from .images import Raster, from_pil, to_pil
+    from .compute.filters import apply_kernels
+    from .compute.options import Geometry, Options, parse_border
+    from .io.images import Raster, from_pil, to_pil
 
     library = library or load_library()
     ks = [k if isinstance(k, Kernel) else library.resolve(k) for k in kernels]

@@ -167,7 +167,7 @@ def print_kernel(info: dict) -> None:
     """``kernels show`` on stdout: the weights coloured by sign and what can be said of them."""
     from rich.text import Text
 
-    from .analysis import FREQUENCY_WORDS
+    from .kernels.analysis import FREQUENCY_WORDS
 
     out = stdout_console()
     out.print(Text.assemble((printable(info["name"]), "bold"), f"  {info['size'][0]}x{info['size'][1]}  ",
@@ -244,7 +244,7 @@ def print_library(library) -> None:
     """``kernels list`` at a terminal: a table of the kernels, then the generators."""
     from rich.table import Table
 
-    from .generate import GENERATORS, ROTATION_HELP
+    from .kernels.generate import GENERATORS, ROTATION_HELP
 
     table = Table("name", "size", "sum", "description", box=None, header_style="bold")
     for k in library:

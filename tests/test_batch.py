@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 
-from .conftest import run, scipy_correlate, to_8bit
-from .test_kernels import EXPECTED
+from tests.conftest import run, scipy_correlate, to_8bit
+from tests.test_kernels import EXPECTED
 
 
 def make_image(path: Path, seed: int, size=(9, 11)) -> np.ndarray:
@@ -218,7 +218,7 @@ def test_jobs_do_not_change_the_output(tmp_path):
 
 
 def test_encoder_failure_mid_write_leaves_no_partial_and_keeps_the_old_file(tmp_path, monkeypatch):
-    import kernelcli.images as images
+    import kernelcli.io.images as images
 
     make_image(tmp_path / "in.png", 1)
     target = tmp_path / "in-blur.png"
@@ -248,7 +248,7 @@ def test_encoder_failure_mid_write_leaves_no_partial_and_keeps_the_old_file(tmp_
 
 
 def test_destination_failure_stops_the_batch(tree, tmp_path, monkeypatch):
-    import kernelcli.images as images
+    import kernelcli.io.images as images
 
     def full(*args, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")

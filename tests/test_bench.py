@@ -132,7 +132,7 @@ def test_w6_loops_and_w7_pipes_call_the_client_and_the_peers(tmp_path):
 
 
 def test_w8_compares_one_process_with_a_two_worker_cluster():
-    from kernelcli import bench_w8
+    from kernelcli.bench import w8 as bench_w8
 
     cmds = bench_w8.commands("s3://b/w8/in/", 90, None)
     assert cmds["kernelcli local:2"][-2:] == ["--scheduler", "local:2"]

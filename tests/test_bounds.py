@@ -10,14 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import kernelcli.engine as engine
-import kernelcli.fast as fast
-from kernelcli.filters import Options, apply_kernels
-from kernelcli.images import Raster
-from kernelcli.kernels import Kernel
-from kernelcli.options import Geometry
+import kernelcli.compute.engine as engine
+import kernelcli.compute.fast as fast
+from kernelcli.compute.filters import Options, apply_kernels
+from kernelcli.io.images import Raster
+from kernelcli.kernels.library import Kernel
+from kernelcli.compute.options import Geometry
 
-from .conftest import run
+from tests.conftest import run
 
 HUGE_FRACTION = "1" * 400 + "/3"  # 3.7e399: no float holds it
 
@@ -147,7 +147,7 @@ def test_map_values_checks_finite():
     import torch
 
     from kernelcli.errors import ImageError
-    from kernelcli.mapping import map_values
+    from kernelcli.compute.mapping import map_values
 
     with pytest.raises(ImageError, match="NaN or infinite"):
         map_values(torch.tensor([0.0, 1.0]), "clip", 255.0, scale=1e300)
@@ -174,7 +174,7 @@ def test_huge_fraction_in_yaml(white, tmp_path):
 
 def test_number_over_python_digit_limit():
     from kernelcli.errors import KernelFileError
-    from kernelcli.kernels import parse_number
+    from kernelcli.kernels.library import parse_number
 
     with pytest.raises(KernelFileError, match="too large"):
         parse_number("1" * 5000 + "/7", "here")
@@ -184,7 +184,7 @@ def test_number_over_python_digit_limit():
 
 
 def test_parse_size_and_default_budget():
-    from kernelcli import budget
+    from kernelcli.compute import budget
     from kernelcli.errors import UsageError
 
     assert budget.parse_size("512M") == 512 << 20
@@ -206,8 +206,8 @@ def _stand_in(channels, height, width, dtype=np.uint8, maxval=255.0):
 def test_100_mp_edge_kernels_stream_within_4x_the_image(library, name):
     """The issue's OOM: 100 MP sobel needed 23 GB. Combined kernels now take the strip
     engine, whose estimate (input, output, strips) stays within 4x the 8-bit image."""
-    from kernelcli import budget
-    from kernelcli.filters import plan
+    from kernelcli.compute import budget
+    from kernelcli.compute.filters import plan
 
     raster = _stand_in(3, 8165, 12247)
     kernels, options = [library.resolve(name)], Options(device="cpu")
@@ -222,9 +222,9 @@ def test_reference_engine_tiles_on_the_cpu(library, rng, monkeypatch):
     untiled result (integer kernel, float data), and never a whole-image unfold."""
     import torch
 
-    import kernelcli.convolve as convolve
-    import kernelcli.engine as engine
-    from .conftest import scipy_correlate
+    import kernelcli.compute.convolve as convolve
+    import kernelcli.compute.engine as engine
+    from tests.conftest import scipy_correlate
 
     pixels = rng.integers(0, 256, (40, 31)).astype(np.float64)
     x = torch.from_numpy(pixels)[None, None]

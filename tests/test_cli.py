@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 
-from .conftest import gray_image, run, scipy_correlate, to_8bit
-from .test_kernels import EXPECTED
+from tests.conftest import gray_image, run, scipy_correlate, to_8bit
+from tests.test_kernels import EXPECTED
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"

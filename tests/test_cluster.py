@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 import kernelcli
-from kernelcli.cluster import chunked
+from kernelcli.run.cluster import chunked
 from tests.conftest import run
 from tests.servers import start_worker, stop, wait_for, worker_env
 

@@ -7,18 +7,18 @@ import pytest
 import torch
 
 import kernelcli
-from kernelcli.convolve import Geometry, correlate, output_size, resolve_device
-from kernelcli.options import border_index
+from kernelcli.compute.convolve import Geometry, correlate, output_size, resolve_device
+from kernelcli.compute.options import border_index
 from kernelcli.errors import DeviceError, UsageError
-from kernelcli.filters import Options, apply_kernels
-from kernelcli.images import Raster
+from kernelcli.compute.filters import Options, apply_kernels
+from kernelcli.io.images import Raster
 
-from .conftest import BORDERS, loop_correlate, scipy_correlate, to_8bit
-from .test_kernels import EXPECTED
+from tests.conftest import BORDERS, loop_correlate, scipy_correlate, to_8bit
+from tests.test_kernels import EXPECTED
 
 
 def geo(border="replicate", **kw):
-    from kernelcli.options import parse_border
+    from kernelcli.compute.options import parse_border
 
     mode, value = parse_border(border)
     return Geometry(mode, value, **kw)
@@ -229,7 +229,7 @@ def test_cuda_matches_cpu(library, rng):
     {"raw": True, "geometry": Geometry(border="circular")},
 ])
 def test_bank_of_kernels_equals_one_by_one(library, rng, kw):
-    from kernelcli.filters import apply_each
+    from kernelcli.compute.filters import apply_each
 
     kernels = [k for k in library if k.kind == "plain"]
     raster = Raster(rng.integers(0, 256, (3, 17, 12)).astype(np.float32),
@@ -244,7 +244,7 @@ def test_bank_of_kernels_equals_one_by_one(library, rng, kw):
 
 
 def test_bank_with_valid_padding_and_equal_shapes(library, rng):
-    from kernelcli.filters import apply_each
+    from kernelcli.compute.filters import apply_each
 
     kernels = [library.get(n) for n in ("sobel-left", "sobel-right", "sharpen")]
     raster = Raster(rng.integers(0, 256, (1, 9, 9)).astype(np.float32))
@@ -275,9 +275,9 @@ def test_memory_estimate_prices_the_engine_that_runs(library, rng, monkeypatch, 
     """The memory check and the engine take the same decision (engine.plan): the steps the
     estimate priced are the engine and method every step's Stats report, small tiles
     included (TILE_BYTES shrunk so the reference engine tiles)."""
-    import kernelcli.budget as budget
-    import kernelcli.convolve as convolve
-    import kernelcli.engine as engine
+    import kernelcli.compute.budget as budget
+    import kernelcli.compute.convolve as convolve
+    import kernelcli.compute.engine as engine
 
     dtype, maxval = kinds
     if names == ["rgb-to-gray"]:
@@ -317,9 +317,10 @@ def test_a_file_is_planned_and_priced_once(tmp_path, monkeypatch, rng):
     (again only where the decoded image differs from its header: a new source)."""
     from PIL import Image
 
-    import kernelcli.budget as budget
-    import kernelcli.engine as engine
-    from kernelcli import filters, runner
+    import kernelcli.compute.budget as budget
+    import kernelcli.compute.engine as engine
+    from kernelcli.compute import filters
+    from kernelcli.run import runner
 
     Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     planned, priced = [], []

@@ -9,13 +9,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-import kernelcli.engine as engine
-import kernelcli.fast as fast
-from kernelcli.options import Geometry, parse_border
-from kernelcli.filters import Options, apply_kernels
-from kernelcli.images import Raster
+import kernelcli.compute.engine as engine
+import kernelcli.compute.fast as fast
+from kernelcli.compute.options import Geometry, parse_border
+from kernelcli.compute.filters import Options, apply_kernels
+from kernelcli.io.images import Raster
 
-from .conftest import BORDERS, scipy_correlate, to_8bit
+from tests.conftest import BORDERS, scipy_correlate, to_8bit
 
 
 @pytest.fixture(autouse=True)
@@ -170,7 +170,7 @@ def test_values_next_to_a_rounding_boundary_are_settled_exactly(library, rng, mo
     """float32 sums are within ``tolerance`` of the exact value; values that close to k + ½
     are recomputed in float64 (and, ``exactly``, all of them in exact arithmetic): each
     equals the exact value rounded, computed here with Fractions."""
-    import kernelcli.bands as bands
+    import kernelcli.compute.bands as bands
 
     kernel = library.resolve("gaussian:2")
     pixels = rng.integers(0, 256, (1, 200, 210)).astype(np.uint8)
@@ -268,7 +268,7 @@ def test_combined_kernels_16_bit(library, rng):
 def test_the_plan_says_how_the_fast_engine_runs(library, rng):
     """engine.plan is the one decision: strips for small kernels, banded products for large
     separable ones, combined kernels part by part; the Stats report what ran."""
-    from kernelcli.filters import plan
+    from kernelcli.compute.filters import plan
 
     raster = Raster(rng.integers(0, 256, (3, 12, 10)).astype(np.uint8), maxval=255.0)
     options = Options(device="cpu")
@@ -285,7 +285,7 @@ def output_hashes(samples) -> dict[str, str]:
     import hashlib
 
     from kernelcli import load_library
-    from kernelcli.images import read
+    from kernelcli.io.images import read
 
     crops = {name: Raster(np.ascontiguousarray(r.pixels[:, 37:37 + 97, 51:51 + 131]), maxval=r.maxval)
              for name, r in (("camera", read(samples / "camera.png")), ("astronaut", read(samples / "astronaut.jpg")))}

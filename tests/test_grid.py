@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernelcli.grid import LABEL_FONT_PX, NEGATIVE, POSITIVE
+from kernelcli.teach.grid import LABEL_FONT_PX, NEGATIVE, POSITIVE
 
-from .conftest import gray_image, run, scipy_correlate, to_8bit
-from .test_kernels import EXPECTED
+from tests.conftest import gray_image, run, scipy_correlate, to_8bit
+from tests.test_kernels import EXPECTED
 
 ROOT = Path(__file__).resolve().parents[1]
 BAND = LABEL_FONT_PX + 8  # label band height

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 
-from .conftest import run
+from tests.conftest import run
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -190,7 +190,7 @@ def test_undecodable_file_names_print_and_report_safely(tmp_path):
 
 
 def test_stdin_size_cap(monkeypatch):
-    import kernelcli.runner as runner
+    import kernelcli.run.runner as runner
 
     class Stdin:
         class buffer:
@@ -206,8 +206,8 @@ def test_stdin_size_cap(monkeypatch):
 def test_tiled_equals_untiled_in_every_mode(rng):
     import torch
 
-    from kernelcli.convolve import correlate
-    from kernelcli.options import Geometry
+    from kernelcli.compute.convolve import correlate
+    from kernelcli.compute.options import Geometry
 
     x = torch.from_numpy(rng.integers(0, 256, (1, 2, 23, 19)).astype(np.float64))
     w = rng.integers(-3, 4, (3, 4)).astype(float)
@@ -232,7 +232,7 @@ def test_fuzz_regressions(name):
     import base64
 
     from kernelcli.errors import ImageError
-    from kernelcli.images import read
+    from kernelcli.io.images import read
 
     data = base64.b64decode(FUZZ_REGRESSIONS[name])
     try:

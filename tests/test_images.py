@@ -10,11 +10,11 @@ import pytest
 from PIL import Image, ImageCms
 
 from kernelcli.errors import ImageError
-from kernelcli.filters import Options, apply_kernels
-from kernelcli.images import encode, read, write_atomic
+from kernelcli.compute.filters import Options, apply_kernels
+from kernelcli.io.images import encode, read, write_atomic
 
-from .conftest import scipy_correlate, to_8bit
-from .test_kernels import EXPECTED
+from tests.conftest import scipy_correlate, to_8bit
+from tests.test_kernels import EXPECTED
 
 
 def png_bytes(img: Image.Image, **kw) -> bytes:

@@ -1,5 +1,5 @@
 """The package's import graph, read from the source with ast: no cycles, and the kernel modules
-build on each other in one direction (kernel ← generate ← kernels; kernel ← analysis).
+sit on floors (errors ← io ← kernels ← compute ← teach ← run ← api ← cli ← entry points).
 
 Every import counts, also one inside a function: a lazy import hides a cycle, it does not remove it.
 """
@@ -25,7 +25,7 @@ def _modules() -> dict[str, Path]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """{module: the kernelcli modules it imports}, e.g. {"kernelcli.generate": {"kernelcli.kernel", ...}}."""
+    """{module: the kernelcli modules it imports}, e.g. {"kernelcli.kernels.generate": {"kernelcli.kernels.kernel", ...}}."""
     modules = _modules()
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
@@ -75,9 +75,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_reader_sees_imports_and_cycles():
     graph = import_graph()
-    assert "kernelcli.kernel" in graph["kernelcli.generate"]  # top-level `from .kernel import ...`
-    assert "kernelcli.analysis" in graph["kernelcli.convolve"]  # an import inside a function
-    assert "kernelcli.batch" in graph["kernelcli.runner"]  # `from . import batch`: the submodule
+    assert "kernelcli.kernels.kernel" in graph["kernelcli.kernels.generate"]  # top-level `from .kernel import ...`
+    assert "kernelcli.kernels.analysis" in graph["kernelcli.compute.convolve"]  # an import inside a function
+    assert "kernelcli.run.batch" in graph["kernelcli.run.runner"]  # `from . import batch`: the submodule
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -90,28 +90,52 @@ def test_the_package_has_no_import_cycle():
 def test_kernel_modules_build_on_each_other_in_one_direction():
     graph = import_graph()
     assert graph["kernelcli.errors"] == set()
-    assert graph["kernelcli.kernel"] == {"kernelcli.errors"}  # the value type: nothing else of the package
-    assert graph["kernelcli.generate"] <= {"kernelcli.errors", "kernelcli.kernel"}
-    assert graph["kernelcli.analysis"] <= {"kernelcli.errors", "kernelcli.kernel"}
+    assert graph["kernelcli.kernels.kernel"] == {"kernelcli.errors"}  # the value type: nothing else of the package
+    assert graph["kernelcli.kernels.generate"] <= {"kernelcli.errors", "kernelcli.kernels.kernel"}
+    assert graph["kernelcli.kernels.analysis"] <= {"kernelcli.errors", "kernelcli.kernels.kernel"}
     # the library: no engine (torch), no CLI; images only for its atomic write of saved kernels,
     # storage only for kernel files at URLs
-    assert graph["kernelcli.kernels"] <= {"kernelcli.errors", "kernelcli.kernel", "kernelcli.analysis",
-                                          "kernelcli.generate", "kernelcli.images", "kernelcli.storage"}
+    assert graph["kernelcli.kernels.library"] <= {
+        "kernelcli.errors", "kernelcli.kernels.kernel", "kernelcli.kernels.analysis", "kernelcli.kernels.generate",
+        "kernelcli.io.images", "kernelcli.io.storage"}
 
 
-ENTRY_POINTS = {"kernelcli.__main__", "kernelcli.client", "kernelcli.server"}  # above the CLI: they start it
-ENGINE = {"kernelcli.convolve", "kernelcli.fast", "kernelcli.filters", "kernelcli.mapping"}
+# The floors of the package, bottom first: a module imports modules of its own floor or below.
+# A floor is a sub-package (kernelcli.io), or a module named whole (kernelcli.errors).
+FLOORS = [
+    {"kernelcli.errors", "kernelcli.version"},
+    {"kernelcli.io"},                                # codecs, stores, atomic writes
+    {"kernelcli.kernels"},                           # the kernel value type, the YAML library, generators
+    {"kernelcli.compute"},                           # options, the engine plan, filters, borders, mapping, budget
+    {"kernelcli.teach", "kernelcli.console"},        # grids, toolkit, explain, animate; stderr and tables
+    {"kernelcli.run"},                               # a whole job: plan, per-job step, executors, report
+    {"kernelcli.api", "kernelcli.bench", "kernelcli.protocol", "kernelcli.service"},
+    {"kernelcli.cli", "kernelcli"},                  # the commands; the package's lazy front door
+    {"kernelcli.__main__", "kernelcli.client", "kernelcli.server"},  # entry points: they start the CLI
+]
+
+
+def floor_of(module: str) -> int:
+    best = None
+    for level, names in enumerate(FLOORS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > len(best[1])):
+                best = (level, name)
+    assert best is not None, f"{module} is on no floor: add it to FLOORS"
+    return best[0]
 
 
 def test_no_module_imports_upward():
-    """CLI ← runner ← engine ← kernel type: the CLI package may import the runner and the library;
-    the runner imports no CLI module; the engine neither runner nor CLI; kernel.py only errors."""
+    """Each module imports only its own floor or floors below it: the library never imports the
+    CLI, the engine never the runner, the kernel type nothing but errors."""
     graph = import_graph()
-    cli = {m for m in graph if m == "kernelcli.cli" or m.startswith("kernelcli.cli.")}
-    assert {"kernelcli.cli.apply", "kernelcli.cli.common"} <= cli and "kernelcli.runner" in graph
-    assert "kernelcli.runner" in graph["kernelcli.cli.apply"]
-    for module in set(graph) - cli - ENTRY_POINTS:
-        assert not graph[module] & cli, f"{module} imports the CLI: {sorted(graph[module] & cli)}"
-    for module in ENGINE:
-        assert not graph[module] & (cli | {"kernelcli.runner", "kernelcli.api"}), f"{module} imports upward"
-    assert graph["kernelcli.kernel"] == {"kernelcli.errors"}
+    assert "kernelcli.run.runner" in graph["kernelcli.cli.apply"]
+    for module, targets in graph.items():
+        upward = sorted(t for t in targets if floor_of(t) > floor_of(module))
+        assert not upward, f"{module} imports upward: {upward}"
+    assert graph["kernelcli.kernels.kernel"] == {"kernelcli.errors"}
+
+
+def test_the_floor_rule_can_fail():
+    assert floor_of("kernelcli.compute.filters") < floor_of("kernelcli.run.runner") < floor_of("kernelcli.cli.apply")
+    assert floor_of("kernelcli.io.images") < floor_of("kernelcli.kernels.library")

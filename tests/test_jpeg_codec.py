@@ -10,9 +10,9 @@ import pytest
 import simplejpeg
 from PIL import Image, ImageCms, ImageOps, JpegImagePlugin
 
-from kernelcli import images
+from kernelcli.io import images
 from kernelcli.errors import ImageError
-from kernelcli.images import Raster, encode, read
+from kernelcli.io.images import Raster, encode, read
 
 
 @pytest.fixture

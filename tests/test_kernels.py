@@ -10,8 +10,8 @@ import pytest
 
 import kernelcli
 from kernelcli.errors import KernelFileError, UnknownKernelError
-from kernelcli.analysis import separable_factors
-from kernelcli.kernels import KernelLibrary, load_file, parse_inline, shipped_path
+from kernelcli.kernels.analysis import separable_factors
+from kernelcli.kernels.library import KernelLibrary, load_file, parse_inline, shipped_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -249,8 +249,8 @@ def test_kernel_module_errors_name_no_command_line_flag():
     import ast
     import re
 
-    for module in ("kernel", "kernels", "generate", "analysis"):
-        path = Path(kernelcli.__file__).with_name(f"{module}.py")
+    for module in ("kernel", "library", "generate", "analysis"):
+        path = Path(kernelcli.__file__).parent / "kernels" / f"{module}.py"
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Raise):
                 texts = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
@@ -287,7 +287,7 @@ def test_a_combined_kernel_keeps_the_setting_of_its_part(tmp_path):
 
 def test_saving_over_a_kernel_names_the_overwrite_setting(tmp_path):
     from kernelcli.cli import message
-    from kernelcli.kernels import save_kernel
+    from kernelcli.kernels.library import save_kernel
 
     path = tmp_path / "mine.yaml"
     save_kernel(path, "mine", [[1, 2, 1]], "first")

@@ -50,7 +50,7 @@ def address_space(batch):
     """An address-space limit the small inputs fit in and the large one does not: what a process
     that filtered a small one reached (torch, threads), plus 300 MB."""
     probe = textwrap.dedent(f"""
-        from kernelcli.runner import Batch, apply_paths
+        from kernelcli.run.runner import Batch, apply_paths
         report = apply_paths([{str(batch / 'in' / 's0.png')!r}], ["motion:15,30"],
                              batch=Batch(output={str(batch / 'probe.png')!r}, jobs=1, overwrite=True))
         print([l for l in open("/proc/self/status") if l.startswith("VmPeak")][0].split()[1])
@@ -119,8 +119,10 @@ MEASURE = textwrap.dedent("""
     import json, sys
     import numpy as np
     from PIL import Image
-    from kernelcli import budget, runner, toolkit
-    from kernelcli.images import encode, read
+    from kernelcli.compute import budget
+    from kernelcli.run import runner
+    from kernelcli.teach import toolkit
+    from kernelcli.io.images import encode, read
 
     def status(field):
         return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from kernelcli.errors import ImageError
-from kernelcli.storage import ObjectPath, StorageOptions, filesystem, read_bytes
+from kernelcli.io.storage import ObjectPath, StorageOptions, filesystem, read_bytes
 from tests.conftest import run
 from tests.servers import BUCKET
 
@@ -119,7 +119,7 @@ def no_store_credentials(monkeypatch):
 
 
 def test_the_defaults_are_documented_and_reach_the_clients(no_store_credentials):
-    from kernelcli.storage import Network
+    from kernelcli.io.storage import Network
 
     net = StorageOptions.parse([]).network()
     assert net == Network(connect=10.0, read=20.0, total=120.0, retries=2)
@@ -284,7 +284,7 @@ def test_an_upload_a_killed_run_left_is_aborted_by_the_next_run_in_that_prefix(s
 
 
 def test_keys_with_dot_or_empty_parts_are_refused_by_name_and_never_planned_outside(s3, prefix, monkeypatch):
-    from kernelcli.batch import find_inputs, plan
+    from kernelcli.run.batch import find_inputs, plan
 
     s3.fs().pipe(f"{prefix}/in/a.png", CAMERA.read_bytes())
     inputs = ObjectPath(f"s3://{prefix}/in/")

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from .conftest import gray_image, run
-from .test_ux import complete, load16, save16
+from tests.conftest import gray_image, run
+from tests.test_ux import complete, load16, save16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_the_shared_vocabulary_is_read_by_one_parser_everywhere():
     --overwrite: the same words, read the same way, in every command that takes them (bench keeps
     its own --device and -q, passed on to the runs it times)."""
     from kernelcli.cli import common
-    from kernelcli.kernel import MAP_MODES
+    from kernelcli.kernels.kernel import MAP_MODES
 
     seen = {}
     for path, command in commands():
@@ -348,9 +348,9 @@ def test_explain_writes_same_padding_as_both_sides():
 
 @pytest.mark.parametrize("size", ["224x224x3", "65535x65535x3", "16777216x16777216x16777216"])
 def test_explain_table_keeps_80_columns_for_any_size(size):
-    from kernelcli.explain import explain, kernel_step, parse_step, render
-    from kernelcli.runner import load_library
-    from kernelcli.shapes import parse_shape
+    from kernelcli.teach.explain import explain, kernel_step, parse_step, render
+    from kernelcli.run.runner import load_library
+    from kernelcli.compute.shapes import parse_shape
 
     library = load_library()
     steps = [kernel_step("unsharp:1,2,9", library, dilation=16)] + [parse_step(s, library) for s in (

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import kernelcli
-from kernelcli.convolve import correlate
+from kernelcli.compute.convolve import correlate
 from kernelcli.errors import ImageError, KernelcliError, KernelFileError
-from kernelcli.images import read
-from kernelcli.kernels import load_file
-from kernelcli.options import BORDERS, Geometry
-from kernelcli.shapes import output_size
+from kernelcli.io.images import read
+from kernelcli.kernels.library import load_file
+from kernelcli.compute.options import BORDERS, Geometry
+from kernelcli.compute.shapes import output_size
 
 EXAMPLES = int(os.environ.get("KERNELCLI_FUZZ_EXAMPLES", "60"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

@@ -208,7 +208,7 @@ def test_readme_explain_example_is_what_explain_prints():
     from click.testing import CliRunner
 
     from kernelcli.cli import main
-    from kernelcli.explain import render
+    from kernelcli.teach.explain import render
 
     args = ["explain", "-k", "sharpen", "--padding", "valid", "--stride", "2", "--size", "6x8"]
     rows = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import run
+from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -88,7 +88,7 @@ def test_report_with_image_on_stdout_is_refused(photos):
 
 
 def test_report_folder_problems_are_one_line(photos, tmp_path, monkeypatch):
-    import kernelcli.images as images
+    import kernelcli.io.images as images
 
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -97,7 +97,7 @@ def test_report_folder_problems_are_one_line(photos, tmp_path, monkeypatch):
     assert result.stderr == f"kernelcli: error: --report {afile / 'r.jsonl'}: cannot write here: {afile} is not a folder\n"
     assert not (tmp_path / "out").exists()
     # a read-only folder (simulated: the tests may run as root, who may write anywhere)
-    import kernelcli.batch as batch
+    import kernelcli.run.batch as batch
 
     monkeypatch.setattr(batch.os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
     (tmp_path / "ro").mkdir()
@@ -205,7 +205,7 @@ def test_long_output_names_use_short_temp_names_and_fail_alone(tmp_path):
 HARNESS = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    import kernelcli.images as images, kernelcli.batch as batch, kernelcli.cli as cli, kernelcli.runner as runner
+    import kernelcli.io.images as images, kernelcli.run.batch as batch, kernelcli.cli as cli, kernelcli.run.runner as runner
     marker, where = Path(sys.argv[1]), sys.argv[2]
 
     def stall():
@@ -300,7 +300,7 @@ def test_stale_temp_file_of_a_killed_run_is_removed_by_the_next(tmp_path):
     stale = [n for n in os.listdir(out) if n.endswith(".part")]
     assert len(stale) == 1
     (out / "other.part").write_text("not ours")
-    from kernelcli.images import host_id
+    from kernelcli.io.images import host_id
 
     ours_alive = out / f".kc-{host_id()}-{os.getpid()}-abcdefgh.part"  # a kernelcli still writing: left alone
     ours_alive.write_text("busy")
@@ -409,7 +409,7 @@ def test_missing_output_folders_are_created_by_every_command(tmp_path, args):
 
 
 def test_writes_never_change_the_process_umask(tmp_path, monkeypatch):
-    import kernelcli.images as images
+    import kernelcli.io.images as images
 
     mask = os.umask(0o027)
     os.umask(mask)

@@ -340,7 +340,7 @@ def test_changed_install_means_a_new_server(tmp_path):
     old_pid = int(first["pid"])
     try:
         later = time.time() + 5
-        os.utime(pkg / "kernelcli" / "mapping.py", (later, later))
+        os.utime(pkg / "kernelcli" / "compute" / "mapping.py", (later, later))
         wait_for(lambda: not alive(old_pid), 30, "the stale server to exit")
         assert "the install or its environment changed" in (tmp_path / "s" / "server.log").read_text()
         log = tmp_path / "s" / "server.log"
@@ -443,7 +443,7 @@ def test_fork_after_warm_up_does_not_hang():
 
 
 def test_a_kernel_file_is_read_each_time_but_parsed_once_per_content(tmp_path, monkeypatch):
-    from kernelcli import kernels
+    from kernelcli.kernels import library as kernels
 
     path = tmp_path / "k.yaml"
     path.write_text("kernels:\n  one:\n    matrix: [[1, 2]]\n    description: d\n")

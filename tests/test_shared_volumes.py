@@ -57,7 +57,7 @@ def test_a_run_in_another_pid_namespace_leaves_a_live_writers_temp_file_alone(tm
 
 
 def test_a_temp_file_from_another_host_is_left_until_a_day_old(tmp_path):
-    from kernelcli.images import FOREIGN_TEMP, host_id
+    from kernelcli.io.images import FOREIGN_TEMP, host_id
 
     out = tmp_path / "out"
     out.mkdir()
@@ -77,7 +77,7 @@ def test_a_temp_file_from_another_host_is_left_until_a_day_old(tmp_path):
 
 
 def test_an_empty_temp_file_of_this_host_is_given_time_to_be_locked(tmp_path):
-    from kernelcli.images import NEWBORN_TEMP, host_id
+    from kernelcli.io.images import NEWBORN_TEMP, host_id
 
     out = tmp_path / "out"
     out.mkdir()

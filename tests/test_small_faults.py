@@ -110,6 +110,6 @@ def test_a_name_replaced_by_a_later_library_says_so_once_per_run(tmp_path):
     result = run("apply", "--kernels", library, "-k", "sharpen", "-k", "sharpen", "-k", "blur", CAMERA,
                  "-o", tmp_path / "o.png")
     assert result.exit_code == 0, result.stderr
-    shipped = ROOT / "kernelcli" / "kernels.yaml"
+    shipped = ROOT / "kernelcli" / "kernels" / "kernels.yaml"
     assert result.stderr == (f"kernelcli: warning: kernel 'sharpen' is 'myblur' from {library}, which replaces "
                              f"'sharpen' from {shipped}\n")

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from kernelcli.errors import ImageError
-from kernelcli.batch import find_inputs
-from kernelcli.storage import ObjectPath, StorageOptions, write
+from kernelcli.run.batch import find_inputs
+from kernelcli.io.storage import ObjectPath, StorageOptions, write
 from tests.conftest import run
 from tests.servers import BUCKET
 

@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from kernelcli.errors import UsageError
-from kernelcli.images import Raster, encode, read
-from kernelcli.kernels import KernelLibrary
+from kernelcli.io.images import Raster, encode, read
+from kernelcli.kernels.library import KernelLibrary
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 KCLI = [sys.executable, "-m", "kernelcli"]

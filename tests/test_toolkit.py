@@ -13,12 +13,12 @@ from PIL import Image
 from scipy import ndimage
 
 import kernelcli
-from kernelcli.convolve import Geometry, correlate
-from kernelcli.images import Raster
-from kernelcli.analysis import describe
+from kernelcli.compute.convolve import Geometry, correlate
+from kernelcli.io.images import Raster
+from kernelcli.kernels.analysis import describe
 
-from .conftest import run, scipy_correlate
-from .test_kernels import EXPECTED
+from tests.conftest import run, scipy_correlate
+from tests.test_kernels import EXPECTED
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -94,7 +94,7 @@ def test_fast_paths_equal_direct(rng, method, geo):
 
 
 def test_auto_picks_by_size(library):
-    from kernelcli.convolve import choose_method
+    from kernelcli.compute.convolve import choose_method
 
     assert choose_method(library.get("sharpen").weights) == "direct"
     assert choose_method(library.resolve("gaussian:3").weights) == "separable"
@@ -214,7 +214,7 @@ def test_transpose_the_material_examples(tmp_path):
 
 @pytest.mark.parametrize("factor", [2, 3, 4])
 def test_upsample_equals_bilinear_interpolation(rng, factor):
-    from kernelcli.toolkit import upsample
+    from kernelcli.teach.toolkit import upsample
 
     x = rng.random((1, 6, 5))
     out = upsample(Raster(x, maxval=None), factor).pixels[0]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import gray_image, run, scipy_correlate
+from tests.conftest import gray_image, run, scipy_correlate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -174,7 +174,7 @@ def test_a_folder_output_with_a_slash_still_works(tmp_path, rng):
 
 def test_every_output_extension_is_a_format_word_and_back():
     from kernelcli.cli.common import FormatChoice
-    from kernelcli.images import ARRAY_FORMATS, FORMATS, format_for_path
+    from kernelcli.io.images import ARRAY_FORMATS, FORMATS, format_for_path
 
     assert set(FormatChoice().choices) == set(FORMATS)
     assert set(FormatChoice(images_only=True).choices) == {e for e, f in FORMATS.items() if f not in ARRAY_FORMATS}
@@ -211,7 +211,7 @@ def test_the_readme_setup_output_is_ignored_by_git():
     import re
     import shutil
 
-    from .test_readme import setup_commands
+    from tests.test_readme import setup_commands
 
     output = re.search(r" -o (\S+)", setup_commands()[0]).group(1)
     if shutil.which("git") is None or not (ROOT / ".git").exists():

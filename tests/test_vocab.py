@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run
+from tests.conftest import run
 
 SAMPLE = str(Path(__file__).resolve().parents[1] / "samples" / "camera.png")
 
@@ -48,7 +48,7 @@ def test_group_without_command_still_prints_its_help():
 
 @pytest.fixture
 def small_png(tmp_path):
-    from .conftest import gray_image
+    from tests.conftest import gray_image
     import numpy as np
 
     path, _ = gray_image(tmp_path, np.random.default_rng(0), (12, 10), "in.png")
@@ -84,7 +84,7 @@ def test_a_single_written_file_is_silent_unless_verbose(small_png, command):
 
 
 def test_quiet_and_verbose_before_the_command_on_a_folder_run(tmp_path):
-    from .conftest import gray_image
+    from tests.conftest import gray_image
     import numpy as np
 
     folder = tmp_path / "in"
@@ -113,7 +113,8 @@ def test_learn_quiet_and_verbose(tmp_path, small_png):
 
 
 def test_no_progress_bar_for_one_file(small_png, monkeypatch):
-    from kernelcli import console, runner
+    from kernelcli import console
+    from kernelcli.run import runner
 
     calls = []
     real = console.make_progress

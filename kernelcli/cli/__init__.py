@@ -1,4 +1,4 @@
-"""The command line: each command parses its options, calls the library (kernelcli.runner and
+"""The command line: each command parses its options, calls the library (kernelcli.run.runner and
 friends) and turns the outcome into an exit code. Library errors become one-line messages here.
 
 Exit codes: 0 ok · 1 runtime failure · 2 usage error · 3 some inputs of a batch failed · 130 interrupted.
@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .. import runner
+from ..run import runner
 from ..console import error
 from ..errors import KernelcliError, WriteError
 from ..version import __version__
@@ -73,7 +73,7 @@ class Group(click.Group):
             _silence_stdout()
             ctx.exit(1)
         except (MemoryError, RuntimeError) as exc:  # an allocation failed (a batch fails that input alone)
-            from ..budget import out_of_memory
+            from ..compute.budget import out_of_memory
 
             reason = out_of_memory(exc)
             if reason is None:

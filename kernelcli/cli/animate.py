@@ -1,10 +1,10 @@
-"""kernelcli animate: a kernel sliding over a small grid of numbers, as GIF or APNG (kernelcli.animate)."""
+"""kernelcli animate: a kernel sliding over a small grid of numbers, as GIF or APNG (kernelcli.teach.animate)."""
 
 from __future__ import annotations
 
 import click
 
-from .. import runner
+from ..run import runner
 from ..errors import UsageError
 from . import common
 from .common import CONTEXT
@@ -58,7 +58,7 @@ def animate(source, spec, pool, transposed, size, border, padding, stride, dilat
       kernelcli animate --size 5x5 -k box:3 --stride 2 --padding 1 -o shape.png
       kernelcli animate -k "0 1; 2 3" --padding valid samples/example-3x3.csv --trace
     """
-    from ..animate import encode, plan, trace as trace_text
+    from ..teach.animate import encode, plan, trace as trace_text
 
     ctx = click.get_current_context()
     given = {name: ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
@@ -67,7 +67,7 @@ def animate(source, spec, pool, transposed, size, border, padding, stride, dilat
     _check_request(source, spec, pool, transposed, size, convolve, output, trace, given["border"])
     weights = anchor = label = None
     if spec is not None:
-        from ..kernels import is_inline_spec
+        from ..kernels.library import is_inline_spec
 
         kernel = runner.load_library(kernel_files, max_kernel).resolve(spec)
         if kernel.kind != "plain":
@@ -127,7 +127,7 @@ def _check_request(source, spec, pool, transposed, size, convolve, output, trace
 
 def _read(source: str):
     """The numbers of INPUT: one channel, at most INPUT_BYTES."""
-    from ..images import Limits
+    from ..io.images import Limits
 
     raster = runner.read_input(source, Limits(max_bytes=INPUT_BYTES))
     if raster.pixels.shape[0] != 1 or raster.alpha is not None:

@@ -1,10 +1,10 @@
-"""kernelcli apply: parse, then kernelcli.runner.apply_paths runs the whole job."""
+"""kernelcli apply: parse, then kernelcli.run.runner.apply_paths runs the whole job."""
 
 from __future__ import annotations
 
 import click
 
-from .. import runner
+from ..run import runner
 from . import common
 from .common import CONTEXT
 
@@ -72,7 +72,7 @@ def apply(ctx, kernel_specs, inputs, quality, depth, stats, verbosity, flatten_o
     flips them. Images keep their bit depth (8 or 16); .npy/.csv outputs hold the raw float
     result. With several -k, each step is mapped to the output depth before the next.
     """
-    from ..grid import parse_color
+    from ..teach.grid import parse_color
 
     runner.warm_torch()  # ~1 s, overlapped with loading the library
     library = runner.load_library(kernel_files, max_kernel)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .. import runner
+from ..run import runner
 from ..errors import UsageError
-from ..kernel import MAP_MODES, MAX_KERNEL_SIZE
-from ..options import BORDERS, COLOR_MODES, DEVICES, parse_bias, parse_border, parse_device, parse_padding
-from ..shapes import parse_shape
+from ..kernels.kernel import MAP_MODES, MAX_KERNEL_SIZE
+from ..compute.options import BORDERS, COLOR_MODES, DEVICES, parse_bias, parse_border, parse_device, parse_padding
+from ..compute.shapes import parse_shape
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -28,7 +28,7 @@ def complete_kernels(ctx, param, incomplete):
     from click.shell_completion import CompletionItem
 
     from ..errors import KernelcliError
-    from ..generate import GENERATORS
+    from ..kernels.generate import GENERATORS
 
     try:
         library = runner.load_library(ctx.params.get("kernel_files") or ())
@@ -70,7 +70,7 @@ class Parsed(click.ParamType):
 
 
 def _memory(text):
-    from ..budget import parse_size
+    from ..compute.budget import parse_size
 
     return parse_size(text)
 
@@ -105,7 +105,7 @@ class FormatChoice(click.Choice):
 
     @property
     def choices(self):
-        from ..images import ARRAY_FORMATS, FORMATS
+        from ..io.images import ARRAY_FORMATS, FORMATS
 
         return tuple(e for e, f in FORMATS.items() if not (self.images_only and f in ARRAY_FORMATS))
 
@@ -183,7 +183,7 @@ def kernel_hint(inputs, library) -> str:
 
 def geometry_of(border, padding, stride, dilation):
     """The library's Geometry from --border, --padding, --stride and --dilation (parsed, or as written)."""
-    from ..options import Geometry
+    from ..compute.options import Geometry
 
     mode, value = parse_border(border) if isinstance(border, str) else border
     return Geometry(mode, value, parse_padding(padding) if isinstance(padding, str) else padding, stride, dilation)
@@ -192,7 +192,7 @@ def geometry_of(border, padding, stride, dilation):
 def build_options(border, padding, stride, dilation, convolve, color, map_mode, scale, bias, device, max_memory,
                   stats=False):
     """The library's Options from the geometry options' values."""
-    from ..options import Options
+    from ..compute.options import Options
 
     return Options(geometry=geometry_of(border, padding, stride, dilation), convolve=convolve, color=color,
                    map=map_mode, scale=scale, bias=parse_bias(bias) if isinstance(bias, str) else bias, raw=False,
@@ -200,7 +200,7 @@ def build_options(border, padding, stride, dilation, convolve, color, map_mode, 
 
 
 def limits(max_pixels, allow_truncated):
-    from ..images import Limits
+    from ..io.images import Limits
 
     return Limits(max_pixels=max_pixels, allow_truncated=allow_truncated)
 

@@ -1,4 +1,4 @@
-"""kernelcli explain: output sizes, receptive field and cost of a chain (kernelcli.explain)."""
+"""kernelcli explain: output sizes, receptive field and cost of a chain (kernelcli.teach.explain)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .. import runner
+from ..run import runner
 from ..errors import UsageError
 from . import common
 from .common import CONTEXT
@@ -36,7 +36,7 @@ def explain(kernel_specs, padding, stride, dilation, steps, size, as_json, kerne
       kernelcli explain -k sharpen --padding valid --stride 2 --size 6x8
       kernelcli explain --size 32x32x3 -k sharpen -s "pool 2" -s "conv 3x3 stride=2" -s "upsample 2"
     """
-    from ..explain import explain as explain_, kernel_step, parse_step, render
+    from ..teach.explain import explain as explain_, kernel_step, parse_step, render
 
     if not kernel_specs and not steps:
         raise UsageError("nothing to explain; give -k KERNEL (as in apply) or -s STEP")

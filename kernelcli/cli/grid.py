@@ -1,10 +1,10 @@
-"""kernelcli grid: a contact sheet (kernelcli.runner.make_grid)."""
+"""kernelcli grid: a contact sheet (kernelcli.run.runner.make_grid)."""
 
 from __future__ import annotations
 
 import click
 
-from .. import runner
+from ..run import runner
 from ..console import say
 from ..errors import UsageError
 from . import common

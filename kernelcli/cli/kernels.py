@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .. import runner
+from ..run import runner
 from . import common
 from .common import CONTEXT
 
@@ -30,7 +30,7 @@ def kernels():
 @common.kernel_files
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (name, description, matrix, …).")
 def kernels_list(kernel_files, max_kernel, as_json):
-    from ..analysis import describe
+    from ..kernels.analysis import describe
     from ..console import print_library, printable
 
     lib = runner.load_library(kernel_files, max_kernel)
@@ -56,7 +56,7 @@ def kernels_show(name, kernel_files, max_kernel, as_json, image_path, overwrite,
     NAME is a kernel name or an inline matrix such as "1 2 1; 2 4 2; 1 2 1".
     With --image, draw it: a square per weight, red above zero, blue below, value inside.
     """
-    from ..analysis import describe
+    from ..kernels.analysis import describe
     from ..console import print_kernel
 
     kernel = runner.load_library(kernel_files, max_kernel).resolve(name)

@@ -1,4 +1,4 @@
-"""kernelcli learn: the kernel that turns one image into another (kernelcli.toolkit.learn)."""
+"""kernelcli learn: the kernel that turns one image into another (kernelcli.teach.toolkit.learn)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .. import runner
+from ..run import runner
 from ..console import say, warn
 from ..errors import UsageError
 from . import common
@@ -45,8 +45,8 @@ def learn(source, target, shape, per_channel, border, padding, stride, dilation,
       kernelcli learn samples/camera.png sharp.npy --size 3
       kernelcli learn samples/camera.png sharp.npy --save my-sharpen
     """
-    from ..images import read
-    from ..toolkit import learn as learn_
+    from ..io.images import read
+    from ..teach.toolkit import learn as learn_
 
     save_path = Path(save_to) if save_to else runner.app_dir() / "kernels.yaml"
     if save_name:
@@ -60,7 +60,7 @@ def learn(source, target, shape, per_channel, border, padding, stride, dilation,
     if save_name:
         if len(fit.kernels) > 1:
             raise UsageError("--save takes one kernel; learn without --per-channel")
-        from ..kernels import save_kernel
+        from ..kernels.library import save_kernel
 
         save_kernel(save_path, save_name, _rounded(fit)[0], f"Learned from {Path(source).name} -> {Path(target).name} "
                     f"(relative error {fit.relative_error:.2g}).", overwrite=overwrite, max_kernel=max_kernel)

@@ -1,4 +1,4 @@
-"""kernelcli pool | upsample | transpose: one file through a toolkit operation (kernelcli.toolkit)."""
+"""kernelcli pool | upsample | transpose: one file through a toolkit operation (kernelcli.teach.toolkit)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import functools
 
 import click
 
-from .. import runner
+from ..run import runner
 from ..errors import UsageError
-from ..kernel import DEFAULT_MAP, MAP_MODES
-from ..shapes import shape_text
+from ..kernels.kernel import DEFAULT_MAP, MAP_MODES
+from ..compute.shapes import shape_text
 from . import common
 from .common import CONTEXT
 
@@ -33,7 +33,7 @@ def pool(op, size, stride, padding, source, output, fmt, depth, overwrite, devic
       kernelcli pool --op avg --size 4 photo.jpg -o small.png
       kernelcli pool --op max --size 2x3 photo.jpg -o wide.png
     """
-    from ..toolkit import pool as op_
+    from ..teach.toolkit import pool as op_
 
     fn = functools.partial(op_, op=op, size=size, stride=stride, padding=padding, device=device, max_memory=max_memory)
     runner.transform_file(source, output, fn, suffix=f"{op}pool{_text(size)}", fmt=fmt, overwrite=overwrite,
@@ -54,7 +54,7 @@ def upsample(factor, source, output, fmt, depth, overwrite, device, max_memory, 
       kernelcli upsample --factor 2 samples/chelsea.jpg -o big.png
       kernelcli upsample --factor 2x3 samples/chelsea.jpg -o wide.png
     """
-    from ..toolkit import upsample as op_
+    from ..teach.toolkit import upsample as op_
 
     fn = functools.partial(op_, factor=factor, device=device, max_memory=max_memory)
     runner.transform_file(source, output, fn, suffix=f"x{_text(factor)}", fmt=fmt, overwrite=overwrite, device=device,
@@ -87,7 +87,7 @@ def transpose(spec, stride, padding, dilation, map_mode, kernel_files, max_kerne
     kernel = runner.load_library(kernel_files, max_kernel).resolve(spec)
     if kernel.kind != "plain":
         raise UsageError(f"kernel {kernel.name!r} is {kernel.kind}; transpose takes a plain matrix")
-    from ..toolkit import transpose as op_
+    from ..teach.toolkit import transpose as op_
 
     fn = functools.partial(op_, weights=kernel.weights, stride=stride, padding=padding, dilation=dilation,
                            device=device, mode=map_mode, max_memory=max_memory)

@@ -13,7 +13,7 @@ import atheris
 
 with atheris.instrument_imports():
     from kernelcli.errors import KernelFileError
-    from kernelcli.kernels import load_file
+    from kernelcli.kernels.library import load_file
 
 PATH = os.path.join(tempfile.mkdtemp(), "k.yaml")
 

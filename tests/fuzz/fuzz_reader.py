@@ -16,7 +16,7 @@ with atheris.instrument_imports():
     from PIL import Image
 
     from kernelcli.errors import ImageError
-    from kernelcli.images import Limits, read
+    from kernelcli.io.images import Limits, read
 
 LIMITS = Limits(max_pixels=4_000_000)
 

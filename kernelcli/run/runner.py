@@ -2,7 +2,7 @@
 
 It plans (inputs → outputs, names, formats, overwrite/skip/refuse), reads, renders, writes
 atomically, writes the report, handles SIGINT/SIGTERM, the worker and torch thread counts and
-the progress bar, and returns a :class:`kernelcli.batch.Report`. It never imports click::
+the progress bar, and returns a :class:`kernelcli.run.batch.Report`. It never imports click::
 
     from kernelcli import apply_paths, apply_file
     report = apply_paths(["photos/"], ["sharpen"], output="out/", recursive=True)
@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .batch import Terminated
-from .console import error, make_progress, say, warn
-from .errors import KernelcliError, UsageError, WriteError
-from .kernel import MAX_KERNEL_SIZE
+from ..console import error, make_progress, say, warn
+from ..errors import KernelcliError, UsageError, WriteError
+from ..kernels.kernel import MAX_KERNEL_SIZE
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2  # how much a run says on stderr (errors are always said)
 
@@ -51,14 +51,14 @@ def user_kernel_files(extra=()) -> list:
 
 def load_library(extra=(), max_kernel: int = MAX_KERNEL_SIZE):
     """The shipped kernels, the user's files and ``extra`` files."""
-    from .kernels import KernelLibrary
+    from ..kernels.library import KernelLibrary
 
     return KernelLibrary.load(user_kernel_files(extra), max_kernel=max_kernel)
 
 
 def resolve(kernels, library=None) -> list:
     """Names, inline specs or Kernel values → Kernels (``library`` default: the user's library)."""
-    from .kernel import Kernel
+    from ..kernels.kernel import Kernel
 
     if not all(isinstance(k, Kernel) for k in kernels):
         library = library or load_library()
@@ -78,23 +78,23 @@ class Renderer:
     """One raster through one group of kernels into encoded bytes (pickled to Dask workers)."""
 
     kernels: tuple
-    options: object = None  # kernelcli.options.Options; None: the defaults
+    options: object = None  # kernelcli.compute.options.Options; None: the defaults
     quality: int = 95
     stats: bool = False
-    limits: object = None  # kernelcli.images.Limits; None: the defaults
+    limits: object = None  # kernelcli.io.images.Limits; None: the defaults
     background: tuple | None = None  # flatten transparency onto this colour for formats without alpha
     depth: int | None = None  # bits per channel of image outputs (8 or 16); None: the input's
     fmt: str | None = None  # the --format word: the format of every output (with a name of no known extension)
 
     def format_for(self, path) -> str:
         """The format an output gets: its name's, or the --format word's (images.format_for_path)."""
-        from .images import format_for_path
+        from ..io.images import format_for_path
 
         return format_for_path(path, self.fmt)
 
     def _options(self, raster, fmt):
         """Raw floats out: arrays, and float images into a format that holds them (gray TIFF)."""
-        from .options import Options
+        from ..compute.options import Options
 
         raw = fmt in ("NPY", "CSV") or (raster.maxval is None and fmt == "TIFF" and raster.pixels.shape[0] == 1)
         return replace(self.options or Options(), raw=raw)
@@ -108,16 +108,16 @@ class Renderer:
 
     def check_memory(self, source, groups, fmt) -> None:
         """Refuse, from the input's header and before any work, a job over the memory budget."""
-        from .budget import probe
-        from .filters import check_memory
+        from ..compute.budget import probe
+        from ..compute.filters import check_memory
 
         raster = probe(source, self.limits)
         for group in groups if raster is not None else ():
             check_memory(raster, list(group), self._options(raster, fmt), name=str(source))
 
     def __call__(self, raster, group, fmt, name) -> bytes:
-        from .filters import apply_kernels
-        from .images import encode
+        from ..compute.filters import apply_kernels
+        from ..io.images import encode
 
         self.check_format(fmt, name)
         options = self._options(raster, fmt)
@@ -155,7 +155,7 @@ class Batch:
 
 
 def _limits():
-    from .images import Limits
+    from ..io.images import Limits
 
     return Limits()
 
@@ -214,11 +214,11 @@ def share_threads(workers: int) -> None:
 def check_device(device) -> None:
     """An unknown or unavailable device is a usage error (exit 2), found before any file is looked
     at. auto and cpu are always there: for them torch is not waited for (it loads meanwhile)."""
-    from .options import parse_device
+    from ..compute.options import parse_device
 
     if parse_device(device or os.environ.get("KERNELCLI_DEVICE")) in (None, "auto", "cpu"):
         return
-    from .convolve import resolve_device
+    from ..compute.convolve import resolve_device
 
     resolve_device(device)
 
@@ -228,14 +228,14 @@ def check_device(device) -> None:
 
 def format_named(fmt):
     """The format of a --format word (None stays None)."""
-    from .images import FORMATS
+    from ..io.images import FORMATS
 
     return FORMATS[fmt.lower()] if fmt else None
 
 
 def check_stdin(what: str) -> None:
     """stdin closed at start (``<&-``) is a usage error for anything that reads it."""
-    from .console import closed
+    from ..console import closed
 
     if closed("stdin"):
         raise UsageError(f"{what}: stdin is closed; pipe data in or name a file")
@@ -261,7 +261,7 @@ def check_named_inputs(inputs, output=None) -> None:
     last name that looks like an output (an image extension, no -o: ImageMagick's ``convert in.jpg
     out.jpg``) gets the hint ``did you mean -o NAME?``."""
     from .batch import _kind, not_an_input
-    from .images import FORMATS
+    from ..io.images import FORMATS
 
     problems = []
     for path in inputs:
@@ -282,7 +282,7 @@ def check_named_inputs(inputs, output=None) -> None:
 def _stdout_format_of(inputs) -> str | None:
     """The format stdout gets without --format from a single file input: an array stays an
     array (a .csv prints as CSV), an image stays binary. None when it is not known yet (stdin)."""
-    from .images import FORMATS
+    from ..io.images import FORMATS
 
     if len(inputs) != 1 or inputs[0] == "-":
         return None
@@ -291,7 +291,7 @@ def _stdout_format_of(inputs) -> str | None:
 
 def check_terminal(output: str, out_fmt: str | None) -> None:
     """Text (CSV) may print at a terminal; binary data is refused there (usage error)."""
-    from .images import TEXT_FORMATS
+    from ..io.images import TEXT_FORMATS
 
     if output == "-" and out_fmt is not None and out_fmt not in TEXT_FORMATS and sys.stdout.isatty():
         raise UsageError("refusing to write image data to a terminal; redirect stdout or use -o FILE")
@@ -301,10 +301,10 @@ def check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
     """Refuse, before any work, a terminal as stdout, an output that is one of ``inputs``,
     and an existing file without ``overwrite``. Returns the output's format (None for
     stdout without a format: the caller picks)."""
-    from .images import format_for_path
+    from ..io.images import format_for_path
 
     if output == "-":
-        from .console import closed
+        from ..console import closed
 
         if closed("stdout"):
             raise UsageError("-o -: stdout is closed; redirect it to a file or use -o FILE")
@@ -327,7 +327,7 @@ def check_output(output: str, fmt, overwrite: bool, inputs) -> str | None:
 
 def remove_stale_temps(folders) -> None:
     """Temporary files of kernelcli's naming left in output folders by a killed run go."""
-    from .images import remove_stale_temps as remove
+    from ..io.images import remove_stale_temps as remove
 
     for folder in dict.fromkeys(folders):
         for path in remove(folder):
@@ -337,7 +337,7 @@ def remove_stale_temps(folders) -> None:
 def check_save(library, name, overwrite, path: Path) -> None:
     """A learned kernel may be saved as ``name`` into the library file ``path``."""
     from .batch import check_writable
-    from .kernel import NAME_RE
+    from ..kernels.kernel import NAME_RE
 
     if not NAME_RE.match(name):  # the option's value first, then the file
         raise UsageError(f"--save {name!r}: use lowercase words joined by hyphens, e.g. my-edge")
@@ -356,11 +356,11 @@ def check_save(library, name, overwrite, path: Path) -> None:
 
 def read_stdin(limit: int = 1 << 30) -> bytes:
     """All of stdin, up to ``limit`` bytes (one more is read to tell "too much")."""
-    from .images import read_capped
+    from ..io.images import read_capped
 
     data = read_capped(sys.stdin.buffer, limit + 1)
     if len(data) > limit:
-        from .images import ImageError
+        from ..io.images import ImageError
 
         raise ImageError(f"stdin: more than {limit} bytes; refused")
     return data
@@ -368,7 +368,7 @@ def read_stdin(limit: int = 1 << 30) -> bytes:
 
 def read_input(path: str, limits=None):
     """One raster from a file or - (stdin), its reader's notes said as warnings."""
-    from .images import read, route_warnings
+    from ..io.images import read, route_warnings
 
     limits = limits or _limits()
     route_warnings()
@@ -381,7 +381,7 @@ def read_input(path: str, limits=None):
 def emit(output: str, data: bytes, overwrite: bool, detail: str = "", verbosity: int = NORMAL) -> None:
     """Bytes to stdout (``-``) or atomically to a file, reported on stderr only when verbose
     (a single written file says nothing on success, like ImageMagick)."""
-    from .images import write_atomic
+    from ..io.images import write_atomic
 
     if output == "-":
         sys.stdout.buffer.write(data)
@@ -398,7 +398,7 @@ def run_single(source, output, render, *, fmt=None, overwrite=False, suffix=None
     output (a file, or - for stdout). Without ``output``, the result goes beside the input as
     ``{stem}-{suffix}{ext}`` (stdout for stdin). Every check comes before any work (``depth``:
     the bits per channel render will write). Returns the output."""
-    from .images import FORMATS, check_depth, extension_for
+    from ..io.images import FORMATS, check_depth, extension_for
 
     check_input(source)
     if output is None:
@@ -422,7 +422,7 @@ def transform_file(source, output, fn, *, suffix, fmt=None, overwrite=False, dev
     """A Raster → Raster function (a toolkit operation) on one file or stream: arrays out stay
     raw floats, arrays written as images are clipped to 0–255; images are written at ``depth``
     bits per channel (None: the input's). Returns the output."""
-    from .images import ARRAY_FORMATS, encode
+    from ..io.images import ARRAY_FORMATS, encode
 
     check_device(device)
 
@@ -439,7 +439,7 @@ def transform_file(source, output, fn, *, suffix, fmt=None, overwrite=False, dev
 
 def picture_output(output, fmt, overwrite, inputs=()) -> str:
     """Check where a picture goes before any work; return its Pillow format name."""
-    from .images import IMAGE_FORMATS
+    from ..io.images import IMAGE_FORMATS
 
     out_fmt = check_output(output, fmt, overwrite, inputs) or "PNG"
     check_terminal(output, out_fmt)
@@ -467,8 +467,8 @@ def write_picture(img, output, out_fmt, overwrite, detail: str = "", verbosity: 
 def _check_folder_output(output, dir_mode, inputs, listed, each) -> None:
     """-o names a folder when there are several outputs; a name with a file format's extension
     (out.png) is then a mistake, never a folder to create."""
-    from . import storage
-    from .images import FORMATS
+    from ..io import storage
+    from ..io.images import FORMATS
 
     suffix = Path(str(output)).suffix.lower()[1:] if output else ""
     if not dir_mode or suffix not in FORMATS or str(output).endswith(("/", os.sep)) or storage.is_dir(output):
@@ -501,7 +501,7 @@ def _locate(inputs, b: Batch):
     """[storage] URLs and --storage-option: paths become store locations."""
     if not (b.storage_options or any("://" in str(p) for p in (*inputs, b.output, b.files_from, b.report_path) if p)):
         return inputs, b
-    from .storage import StorageOptions, locate
+    from ..io.storage import StorageOptions, locate
 
     where = StorageOptions.parse(b.storage_options)
     inputs, output = tuple(locate(p, where) for p in inputs), b.output and locate(b.output, where)
@@ -521,7 +521,7 @@ def apply_paths(inputs, kernels, *, batch: Batch = Batch(), options=None, qualit
     Problems found before any work raise UsageError."""
     torch_loading = warm_torch()  # ~1 s, overlapped with planning and the first decodes
     _check_request(inputs, batch)
-    from .images import route_warnings
+    from ..io.images import route_warnings
 
     route_warnings()
     library = library or load_library()  # also tells planning which names are kernelcli's own outputs
@@ -570,8 +570,9 @@ class _Plan:
 
 def _plan(inputs, renderer: Renderer, b: Batch, library=None) -> _Plan:
     """Inputs → jobs with their outputs; every refusal comes here, before any work."""
-    from . import batch, storage
-    from .images import extension_for, format_for_path, read_capped
+    from . import batch
+    from ..io import storage
+    from ..io.images import extension_for, format_for_path, read_capped
 
     listed = []
     if b.files_from is not None:
@@ -613,7 +614,7 @@ def _plan(inputs, renderer: Renderer, b: Batch, library=None) -> _Plan:
 
 def _check_plan(p: _Plan, b: Batch, renderer: Renderer) -> None:
     from . import batch
-    from .images import check_depth
+    from ..io.images import check_depth
 
     for j in p.jobs:  # output formats are known from the names: check them before any work
         for o in j.outputs:
@@ -628,7 +629,7 @@ def _check_plan(p: _Plan, b: Batch, renderer: Renderer) -> None:
     if b.report_path and batch._is_url(b.report_path):                           # incomplete uploads
         stored.append(batch._path(b.report_path))
     if stored:
-        from .storage import abort_stale_uploads
+        from ..io.storage import abort_stale_uploads
 
         for url in abort_stale_uploads(stored):
             warn(f"{url}: aborted an incomplete upload left by an interrupted kernelcli run")
@@ -667,8 +668,9 @@ def _run_batch(torch_loading, renderer: Renderer, inputs, b: Batch, library=None
 
 def _local_process(p: _Plan, renderer: Renderer, b: Batch, torch_loading):
     """The per-job function of a local run: prefetched reads, the renderer, atomic writes."""
-    from . import batch, storage
-    from .budget import MEMORY_ERRORS, job_failure
+    from . import batch
+    from ..io import storage
+    from ..compute.budget import MEMORY_ERRORS, job_failure
 
     if p.single and p.jobs[0].outputs and not batch._is_url(p.jobs[0].source.path):  # from the header
         renderer.check_memory(p.jobs[0].source.path, p.groups, renderer.format_for(p.jobs[0].outputs[0].path))
@@ -720,7 +722,8 @@ def _execute(p: _Plan, renderer: Renderer, b: Batch, process, report, stop, on_d
 
 def _write_report(report, b: Batch) -> None:
     """The --report file, written whole, also after an interrupt or a failure."""
-    from . import batch, storage
+    from . import batch
+    from ..io import storage
 
     if not b.report_path or b.report_path == "-":
         return
@@ -753,7 +756,7 @@ def _summarise(report, p: _Plan, b: Batch) -> None:
 
 @dataclass(frozen=True)
 class Sheet:
-    """How a contact sheet is laid out (kernelcli.grid)."""
+    """How a contact sheet is laid out (kernelcli.teach.grid)."""
 
     transpose: bool = False
     cols: int | None = None
@@ -768,10 +771,10 @@ def make_grid(inputs, kernels, output, *, sheet: Sheet = Sheet(), fmt=None, over
               limits=None, verbosity: int = NORMAL):
     """A labelled contact sheet: each input, then the same image through each kernel; written to
     ``output`` (a file or -). Returns the PIL image."""
-    from .filters import apply_each
-    from .grid import Cell, arrange, compose, fit, parse_color
-    from .images import read, route_warnings
-    from .options import Options
+    from ..compute.filters import apply_each
+    from ..teach.grid import Cell, arrange, compose, fit, parse_color
+    from ..io.images import read, route_warnings
+    from ..compute.options import Options
 
     options, limits = options or Options(), limits or _limits()
     if list(inputs).count("-") > 1:
@@ -797,7 +800,7 @@ def make_grid(inputs, kernels, output, *, sheet: Sheet = Sheet(), fmt=None, over
 
 def kernel_picture(kernel, output, *, fmt=None, overwrite=False, verbosity: int = NORMAL) -> None:
     """Draw ``kernel`` as a heatmap picture into ``output`` (a file or -)."""
-    from .grid import kernel_picture as draw
+    from ..teach.grid import kernel_picture as draw
 
     out_fmt = picture_output(output, fmt, overwrite)
     write_picture(draw(kernel, cell_px=64), output, out_fmt, overwrite, verbosity=verbosity)

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import replace
 
-from .errors import KernelFileError
+from ..errors import KernelFileError
 from .kernel import MAX_KERNEL_SIZE, Kernel, check_matrix, parse_number
 
 GENERATORS = {

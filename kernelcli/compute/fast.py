@@ -7,12 +7,12 @@ into row strips (with a halo of the kernel's reach) that stay in cache; each str
 sum of the kernel's non-zero taps as shifted multiply-adds, in 16- or 32-bit integers when
 the kernel has integer weights (exact, then divided by the divisor), in float32 otherwise;
 mapping, rounding and the cast back to the pixel type are fused per strip. Large kernels
-that are a sum of a few separable terms run as banded matrix products (:mod:`kernelcli.bands`).
+that are a sum of a few separable terms run as banded matrix products (:mod:`kernelcli.compute.bands`).
 Strips run on a few threads (torch releases the GIL). Memory: the input, the output and a
 strip per thread. Results equal the reference engine bit for bit (tests/test_fast.py, and
 tests/test_bounds.py up to the bounds). Whether and how it runs is decided by
-:func:`kernelcli.engine.plan` alone (the Step it is given); values are mapped by
-:func:`kernelcli.mapping.map_values`.
+:func:`kernelcli.compute.engine.plan` alone (the Step it is given); values are mapped by
+:func:`kernelcli.compute.mapping.map_values`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from . import engine
 from .convolve import as_tensor, gather
 from .options import Geometry, pad_amounts, padded_axis
 from .engine import Step, integer_form, reach
-from .kernel import Kernel
+from ..kernels.kernel import Kernel
 from .mapping import Stats, map_values
 
 _pool: ThreadPoolExecutor | None = None
@@ -45,14 +45,14 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 def eligible(kernel: Kernel, geo: Geometry, mode: str, maxval: float | None, channels: int,
              scale: float = 1.0, bias: float = 0.0) -> bool:
-    """Whether this step alone could run here (:func:`kernelcli.engine.fast_step`)."""
+    """Whether this step alone could run here (:func:`kernelcli.compute.engine.fast_step`)."""
     return engine.fast_step(kernel, geo, mode, maxval, channels, scale, bias) is not None
 
 
 def filter_strips(hwc: np.ndarray, kernel: Kernel, step: Step, geo: Geometry, mode: str, maxval: float,
                   scale: float = 1.0, bias: float = 0.0, stats: bool = True,
                   workers: int | None = None) -> tuple[np.ndarray, Stats | None]:
-    """Filter an (H, W, C) uint8/uint16 array as ``step`` (of :func:`kernelcli.engine.plan`,
+    """Filter an (H, W, C) uint8/uint16 array as ``step`` (of :func:`kernelcli.compute.engine.plan`,
     on the fast engine) says; returns the mapped array of the same type and (if ``stats``) the
     Stats of the unmapped result (range and share clipped)."""
     if step.method == "banded":

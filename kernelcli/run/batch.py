@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import KernelcliError, UsageError, WriteError
+from ..errors import KernelcliError, UsageError, WriteError
 
 IMAGE_EXTENSIONS = {
     ".png", ".jpg", ".jpeg", ".jpe", ".webp", ".tif", ".tiff", ".bmp", ".gif",
@@ -144,7 +144,7 @@ def find_inputs(paths, *, recursive=False, include=(), exclude=(), listed=(), av
     avoid = Path(avoid).resolve() if avoid and not _is_url(avoid) else avoid
     for given, is_listed in [(p, False) for p in paths] + [(p, True) for p in listed]:
         if _is_url(given):  # [storage] a prefix ("folder") or an object in a store, or a web URL
-            from .storage import as_path, list_objects
+            from ..io.storage import as_path, list_objects
 
             objects = list_objects(as_path(given), recursive=recursive, avoid=avoid)
             if len(objects) == 1 and objects[0][0] == as_path(given):  # the one object named: taken as given
@@ -205,7 +205,7 @@ def own_outputs(sources, kernels):
 def _is_label(label: str, kernels) -> bool:
     """``label`` is what {kernel} becomes for kernels of this library: names joined by ``+``,
     each perhaps turned (``-r90``), generated (``gaussian-2``) or inline (``inline-1a2b3c``)."""
-    from .generate import GENERATORS
+    from ..kernels.generate import GENERATORS
 
     made = re.compile(rf"inline-[0-9a-f]{{6}}|(?:{'|'.join(map(re.escape, GENERATORS))})(?:-[0-9.]+)+")
 
@@ -348,7 +348,7 @@ def check_report(path, jobs, *, overwrite: bool) -> None:
     if key in taken:
         raise UsageError(f"--report {path}: {taken[key]}; choose another name")
     if _is_url(path):  # [storage] the bucket answers for writing; an existing object is kept
-        from .storage import check_bucket
+        from ..io.storage import check_bucket
 
         check_bucket(path, write=True)
         if path.exists() and not overwrite:
@@ -440,7 +440,7 @@ def _is_url(path) -> bool:
 def _path(text):
     """[storage] A Path for local paths, an ObjectPath for URLs."""
     if _is_url(text):
-        from .storage import as_path
+        from ..io.storage import as_path
 
         return as_path(text)
     return Path(text)

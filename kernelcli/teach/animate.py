@@ -7,7 +7,7 @@ same numbers as text. numpy and Pillow only, no torch: each output cell is a pla
 its window here, and the tests check every one against torch.
 
 - convolution (``conv``): the input padded as ``--border`` says (the engine's own border
-  arithmetic, :func:`kernelcli.options.padded_axis`), the kernel laid over it as written
+  arithmetic, :func:`kernelcli.compute.options.padded_axis`), the kernel laid over it as written
   (correlation), stride and dilation as ``torch.nn.Conv2d``;
 - transposed convolution (``transposed``), drawn as Dumoulin & Visin draw it: the equivalent
   direct convolution over the input with stride−1 zeros inserted between its cells and
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import UsageError
+from ..errors import UsageError
 from .explain import Step, explain
-from .options import CONSTANT_BORDERS, Geometry, check_geometry, pad_amounts, padded_axis
-from .shapes import check_pool_padding, pair, shape_text
+from ..compute.options import CONSTANT_BORDERS, Geometry, check_geometry, pad_amounts, padded_axis
+from ..compute.shapes import check_pool_padding, pair, shape_text
 
 OPS = ("conv", "transposed", "max", "avg")
 MAX_SIDE = 16  # rows and columns of the input and of the output: beyond it the numbers are too small to read
@@ -569,8 +569,8 @@ def _output_cell(draw, scene, lay, i, j, fill, outline="line") -> None:
 
 def encode(scene: Scene, fmt: str = "GIF", delay: int = DELAY_MS, *, max_memory: int | None = None) -> bytes:
     """The animation as GIF or APNG (``fmt`` "PNG") bytes, looping; the same bytes on every run.
-    Refused beyond ``max_memory`` (None: half of the available memory; kernelcli.budget)."""
-    from . import budget
+    Refused beyond ``max_memory`` (None: half of the available memory; kernelcli.compute.budget)."""
+    from ..compute import budget
 
     if fmt not in FORMATS:
         raise UsageError(f"animations are written as GIF or PNG (APNG), not {fmt}")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DeviceError, ImageError, UsageError
+from ..errors import DeviceError, ImageError, UsageError
 from . import engine
 from .engine import METHODS, choose_method
 from .options import CONSTANT_BORDERS, Geometry, pad_amounts, padded_axis
@@ -79,7 +79,7 @@ def correlate(
     ``method``: direct (conv2d), separable (two 1-D passes), fft, or auto (by size and rank).
     ``tile_rows`` computes that many output rows at a time (each tile reads its input rows
     with the kernel's reach), equal to the untiled result; None: all at once; "auto": on the
-    CPU, tiles of about TILE_BYTES of working set (:func:`kernelcli.engine.tile_rows`; the
+    CPU, tiles of about TILE_BYTES of working set (:func:`kernelcli.compute.engine.tile_rows`; the
     filters pass their plan's). On a GPU that runs out of memory, kernelcli retries in ever
     smaller tiles by itself.
     """
@@ -126,7 +126,7 @@ def _valid(padded: torch.Tensor, weights: np.ndarray, geo: Geometry, method: str
     flat = padded.reshape(-1, 1, *padded.shape[-2:])
     s, d = geo.stride, geo.dilation
     if method == "separable":
-        from .analysis import separable_factors
+        from ..kernels.analysis import separable_factors
 
         column, row = separable_factors(weights)
         col_w = torch.as_tensor(column, dtype=flat.dtype, device=flat.device).view(1, 1, kh, 1)

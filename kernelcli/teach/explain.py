@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import UsageError
-from .shapes import pair, parse_shape, shape_text, transposed_size
+from ..errors import UsageError
+from ..compute.shapes import pair, parse_shape, shape_text, transposed_size
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import ImageError, UsageError, WriteError
+from ..errors import ImageError, UsageError, WriteError
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 SCHEMES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
@@ -753,7 +753,7 @@ def read_config(text, limit: int) -> bytes:
     """A kernel file, local or at a URL, up to ``limit`` bytes; any failure is a KernelFileError
     (exit 2). A local file must be a regular file: it is opened non-blocking and checked before
     any read, so a FIFO or a device named by --kernels or $KERNELCLI_KERNELS never hangs."""
-    from .errors import KernelFileError
+    from ..errors import KernelFileError
 
     path = as_path(text)
     try:

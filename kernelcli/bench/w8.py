@@ -147,16 +147,16 @@ CLUSTER_START_UP = (
     "from distributed import Client, LocalCluster\n"
     "cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)\n"
     "client = Client(cluster)\n"
-    "client.run(lambda: __import__('kernelcli.filters') and __import__('torch') and __import__('s3fs') and None)\n"
+    "client.run(lambda: __import__('kernelcli.compute.filters') and __import__('torch') and __import__('s3fs') and None)\n"
     "client.close(); cluster.close(); os._exit(0)\n"
 )
 
 
 def split(store: LocalS3, source: str, quality: int, count: int = 100) -> dict[str, float]:
     """Seconds (one thread, in process) of the GETs, the filter + codecs and the PUTs of ``count`` files."""
-    from . import load_library
-    from .filters import Options, apply_kernels
-    from .images import encode, read
+    from ..api import load_library
+    from ..compute.filters import Options, apply_kernels
+    from ..io.images import encode, read
 
     fs, sharpen = store.fs(), load_library().get("sharpen")
     keys = sorted(fs.find(source.split("://", 1)[1]))[:count + 1]

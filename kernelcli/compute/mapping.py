@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ImageError
+from ..errors import ImageError
 from .options import check_mode
 
 
@@ -22,7 +22,7 @@ class Stats:
     minimum: float
     maximum: float
     clipped: float  # fraction of values outside 0..maxval after mapping, before the clip
-    engine: str = "reference"  # which engine computed the step: "reference" or "fast" (kernelcli.engine.plan)
+    engine: str = "reference"  # which engine computed the step: "reference" or "fast" (kernelcli.compute.engine.plan)
     method: str = ""  # how, as the plan said: strips, banded, combined; direct, separable, fft, parts, mix, bank
 
 
@@ -66,7 +66,7 @@ def map_near(x: torch.Tensor, mode: str, maxval: float, tolerance: float, *, bia
     """:func:`map_values` of a float result the caller proved finite, in place, and the flat
     indices of the values that were within ``tolerance`` of a rounding boundary (k + ½)
     before rounding (None when ``tolerance`` is 0): where an engine that knows its rounding
-    error is at most ``tolerance`` must settle the value exactly (:mod:`kernelcli.bands`)."""
+    error is at most ``tolerance`` must settle the value exactly (:mod:`kernelcli.compute.bands`)."""
     y, st = _mapped(x, mode, maxval, 1.0, bias, "the filter", True, stats, True)
     if not tolerance > 0:
         return _rounded(y, maxval), st, None

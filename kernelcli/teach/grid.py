@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from .errors import UsageError
-from .images import Raster, from_pil, to_pil
+from ..errors import UsageError
+from ..io.images import Raster, from_pil, to_pil
 
 LABEL_FONT_PX = 16
 MAX_SIDE = {"JPEG": 65_500, "WEBP": 16_383}  # the largest side each encoder writes
@@ -160,7 +160,7 @@ def compose(grid: list[list[Cell | None]], *, labels: bool = True, show_kernels:
     """Lay out rows of cells (None leaves a slot empty) on one RGB sheet, images centred in
     equal slots sized to the largest cell, each labelled in a band above its image. The
     sheet's size is checked before it is drawn: against what ``fmt`` can encode and the
-    memory budget (kernelcli.budget)."""
+    memory budget (kernelcli.compute.budget)."""
     cells = [c for row in grid for c in row if c is not None]
     slot_w = max(c.raster.size[1] for c in cells)
     slot_h = max(c.raster.size[0] for c in cells)
@@ -195,7 +195,7 @@ def compose(grid: list[list[Cell | None]], *, labels: bool = True, show_kernels:
 
 def check_sheet(size: tuple[int, int], fmt: str | None = None, max_memory: int | None = None) -> None:
     """Refuse a sheet that ``fmt`` cannot encode or that would not fit the memory budget."""
-    from . import budget
+    from ..compute import budget
 
     width, height = size
     limit = MAX_SIDE.get(fmt)

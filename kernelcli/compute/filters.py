@@ -23,9 +23,9 @@ from .convolve import (
 )
 from . import engine
 from .engine import Source, Step
-from .errors import UsageError
-from .images import Raster
-from .kernel import Kernel
+from ..errors import UsageError
+from ..io.images import Raster
+from ..kernels.kernel import Kernel
 from .mapping import Stats, check_finite, map_values
 from .options import Options
 
@@ -85,21 +85,21 @@ def _raster(y: torch.Tensor, alpha: torch.Tensor | None, options: Options, maxva
 
 
 def source(raster: Raster, options: Options) -> Source:
-    """What :func:`kernelcli.engine.plan` needs to know of ``raster`` under ``options``."""
+    """What :func:`kernelcli.compute.engine.plan` needs to know of ``raster`` under ``options``."""
     c, h, w = raster.pixels.shape
     return Source(c, h, w, raster.pixels.itemsize, raster.pixels.dtype in (np.uint8, np.uint16), raster.maxval,
                   _see_through(raster), resolve_device(options.device).type)
 
 
 def plan(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> tuple[Step, ...]:
-    """How each of ``kernels`` will be computed on ``raster`` (:func:`kernelcli.engine.plan`)."""
+    """How each of ``kernels`` will be computed on ``raster`` (:func:`kernelcli.compute.engine.plan`)."""
     return _planned(tuple(kernels), options, source(raster, options))
 
 
 @lru_cache(maxsize=64)
 def _planned(kernels: tuple[Kernel, ...], options: Options, src: Source) -> tuple[Step, ...]:
     """engine.plan, once per (kernels, options, source): a file whose header was checked
-    before it was read (kernelcli.runner) is not planned again when its pixels arrive, unless
+    before it was read (kernelcli.run.runner) is not planned again when its pixels arrive, unless
     they differ from what the header said (transparency)."""
     return engine.plan(list(kernels), options, src)
 
@@ -155,7 +155,7 @@ def _priced(c: int, h: int, w: int, itemsize: int, kernels: tuple[Kernel, ...], 
 
 
 def _fast(raster: Raster, kernels: list[Kernel], options: Options, steps: tuple[Step, ...]):
-    """Every step on the fast engine of :mod:`kernelcli.fast`, as the plan said."""
+    """Every step on the fast engine of :mod:`kernelcli.compute.fast`, as the plan said."""
     from . import fast
 
     maxval = raster.maxval
@@ -173,7 +173,7 @@ def _fast(raster: Raster, kernels: list[Kernel], options: Options, steps: tuple[
 def apply_each(raster: Raster, kernels: list[Kernel], options: Options = Options()) -> list[tuple[Raster, Stats]]:
     """Each kernel alone on the same raster, equal to ``apply_kernels(raster, [k])`` for every
     k. Computed as one convolution with a kernel per output channel (2–5x faster than one by
-    one on the CPU) where :func:`kernelcli.engine.plan_each` says so."""
+    one on the CPU) where :func:`kernelcli.compute.engine.plan_each` says so."""
     step = engine.plan_each(kernels, options, source(raster, options))
     if step is None:
         return [(r, st[0]) for r, st in (apply_kernels(raster, [k], options) for k in kernels)]

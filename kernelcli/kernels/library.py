@@ -1,7 +1,7 @@
 """Kernel files and the kernel library: the strict YAML loader and saver, inline specs,
 and :class:`KernelLibrary` (names, aliases, overrides, rotations and generators).
-The value type and number parsing are in :mod:`kernelcli.kernel`, facts about a kernel in
-:mod:`kernelcli.analysis`.
+The value type and number parsing are in :mod:`kernelcli.kernels.kernel`, facts about a kernel in
+:mod:`kernelcli.kernels.analysis`.
 
 A kernel file looks like this::
 
@@ -36,11 +36,11 @@ from pathlib import Path
 
 import yaml
 
-from .errors import KernelFileError, UnknownKernelError
+from ..errors import KernelFileError, UnknownKernelError
 from .kernel import MAP_MODES, MAX_KERNEL_SIZE, NAME_RE, Kernel, check_matrix, parse_number
 
-# Re-exported so that ``from kernelcli.kernels import ...`` keeps working while callers move to
-# kernelcli.kernel (the value type, numbers) and kernelcli.analysis (facts about a kernel).
+# Re-exported so that ``from kernelcli.kernels.library import ...`` keeps working while callers move to
+# kernelcli.kernels.kernel (the value type, numbers) and kernelcli.kernels.analysis (facts about a kernel).
 from .analysis import FREQUENCY_WORDS, describe, frequency, separable_factors, symmetry  # noqa: F401
 
 MAX_FILE_BYTES = 1 << 20
@@ -388,7 +388,7 @@ def load_file(path: str | Path, *, max_kernel: int = MAX_KERNEL_SIZE) -> list[Ke
     """Read and validate one kernel file (matrices at most ``max_kernel`` a side); raise
     KernelFileError naming file and line. The file is read every time; the same content is
     parsed once."""
-    from .storage import read_config  # local (regular files only, never a blocking open) or a URL
+    from ..io.storage import read_config  # local (regular files only, never a blocking open) or a URL
 
     if "://" not in str(path):
         path = Path(path)
@@ -444,7 +444,7 @@ def save_kernel(path: str | Path, name: str, weights, description: str, *, overw
     is replaced atomically. A kernel of the same name is replaced only with ``overwrite``;
     then, or when the file's own layout cannot take an appended entry, the file is written
     anew from its parsed kernels (its comments are not kept)."""
-    from .images import write_atomic
+    from ..io.images import write_atomic
 
     path = Path(os.path.realpath(path))  # a link to a library file: write through to its target
     kernel = Kernel(name=name, matrix=check_matrix([[float(v) for v in row] for row in weights], f"kernel {name!r}",

@@ -1,6 +1,6 @@
 """Output-size arithmetic (FACTS §4), without torch, for the engine and for ``explain``."""
 
-from .errors import UsageError
+from ..errors import UsageError
 from .options import MAX_GEOMETRY
 
 

@@ -41,7 +41,7 @@ GENERATOR = 1  # the version of the generated inputs: a change makes bench gener
 
 def check_names(names) -> list[str]:
     """``--only`` names in the order of WORKLOADS (upper-cased); UsageError naming the valid ones."""
-    from .errors import UsageError
+    from ..errors import UsageError
 
     wanted = {n.strip().upper() for n in names if n.strip()}
     unknown = sorted(wanted - set(WORKLOADS))
@@ -176,7 +176,7 @@ def client() -> list[str]:
 def commands(work: Path, w1: Path, photo_path: Path, tools: dict[str, str], quality: int, device: str | None):
     """{workload: {tool: argv}} for every tool that is present (W1–W4, W6, W7, W9, W10; W5 is
     :func:`memory_commands`)."""
-    from . import load_library
+    from ..api import load_library
 
     kc, q = client(), str(quality)
     dev = ["--device", device] if device else []
@@ -279,9 +279,9 @@ def split(w1: Path, photo_path: Path, quality: int) -> dict[str, dict[str, float
 
     import torch
 
-    from . import load_library
-    from .filters import Options, apply_kernels
-    from .images import encode, read
+    from ..api import load_library
+    from ..compute.filters import Options, apply_kernels
+    from ..io.images import encode, read
 
     sharpen = load_library().get("sharpen")
     threads = torch.get_num_threads()
@@ -340,7 +340,7 @@ def bench(work: Path, *, repeat: int = 3, quality: int = 90, device: str | None 
 def _server(log):
     """The resident server for the run: the one that runs, else one started now and stopped
     after; None where ``KERNELCLI_SERVER=off`` (then every call runs in its own process)."""
-    from . import service
+    from .. import service
 
     if os.environ.get("KERNELCLI_SERVER", "").strip().lower() in ("off", "0", "no", "false"):
         log("KERNELCLI_SERVER=off: kernelcli calls run without the server")
@@ -362,7 +362,7 @@ def _add_w8(stack, plan, phases, work, photo_path, quality, device, log) -> None
     import numpy as np
     from PIL import Image
 
-    from . import bench_w8
+    from . import w8 as bench_w8
 
     why = bench_w8.missing()
     if why:
@@ -373,7 +373,7 @@ def _add_w8(stack, plan, phases, work, photo_path, quality, device, log) -> None
     with Image.open(photo_path) as im:
         source = bench_w8.prepare(store, [np.asarray(im.convert("RGB"))], quality=quality)
     plan["W8"] = bench_w8.commands(source, quality, device)
-    plan["start-up"] = {"kernelcli": [sys.executable, "-c", "import os, torch, kernelcli.cli, kernelcli.filters; os._exit(0)"],
+    plan["start-up"] = {"kernelcli": [sys.executable, "-c", "import os, torch, kernelcli.cli, kernelcli.compute.filters; os._exit(0)"],
                         "dask local:2": [sys.executable, "-c", bench_w8.CLUSTER_START_UP]}
     saved = dict(os.environ)
     stack.callback(lambda: (os.environ.clear(), os.environ.update(saved)))
@@ -400,7 +400,7 @@ def summarise(results: dict, tools: dict, phases: dict, names=WORKLOADS) -> dict
     """Rows of medians: seconds, every run, peak memory (where the process measured is the one
     that works: not the client of a server), throughput, and for a peer kernelcli's time as a
     multiple of its time (``kernelcli_x``: below 1, kernelcli is faster)."""
-    from . import __version__
+    from ..version import __version__
 
     def med(workload, tool):
         r = results.get((workload, tool))
@@ -443,7 +443,7 @@ def bench_in(workdir: str | None, *, log=print, **kwargs) -> dict:
     import shutil
     import tempfile
 
-    from .errors import UsageError
+    from ..errors import UsageError
 
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kernelcli-bench-"))
     mark = work / ".kernelcli-bench"  # bench replaces its own files here on every run: only in its own folder

@@ -9,8 +9,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .errors import UsageError
-from .kernel import DEFAULT_MAP, MAP_MODES
+from ..errors import UsageError
+from ..kernels.kernel import DEFAULT_MAP, MAP_MODES
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: 8-bit images and float32 arrays compute in float32
 MAX_GEOMETRY = 1 << 24  # largest stride, dilation, padding, factor or window: beyond it no image fits in memory
@@ -78,7 +78,7 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # the words of --device; cud
 def parse_device(text: str | None) -> str | None:
     """A device's name as written (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), lower-cased;
     refused when it is none of these. Whether it is available is the engine's question
-    (kernelcli.convolve.resolve_device, which needs torch); the form is checked here, first."""
+    (kernelcli.compute.convolve.resolve_device, which needs torch); the form is checked here, first."""
     if text is None:
         return None
     name = text.strip().lower()
@@ -174,7 +174,7 @@ class Options:
     raw: bool = False
     device: str | None = None
     stats: bool = True  # compute each step's Stats (the fast engine skips them when False)
-    max_memory: int | None = None  # bytes a job may use (kernelcli.budget); None: half of the available memory
+    max_memory: int | None = None  # bytes a job may use (kernelcli.compute.budget); None: half of the available memory
 
     def __post_init__(self):
         if self.color not in COLOR_MODES:

@@ -1,14 +1,14 @@
 """Which engine computes each step: the one decision, made before any work.
 
 :func:`plan` says, for every kernel of a job, which engine runs it and how: the fast strip
-engine (:mod:`kernelcli.fast`: ``strips`` of shifted adds, ``banded`` matrix products for
-large kernels that are a sum of a few separable terms (:mod:`kernelcli.bands`), ``combined``
+engine (:mod:`kernelcli.compute.fast`: ``strips`` of shifted adds, ``banded`` matrix products for
+large kernels that are a sum of a few separable terms (:mod:`kernelcli.compute.bands`), ``combined``
 kernels part by part) or the reference engine
-(:mod:`kernelcli.convolve`: ``direct`` conv2d, ``separable`` 1-D passes, ``fft``, ``parts``
+(:mod:`kernelcli.compute.convolve`: ``direct`` conv2d, ``separable`` 1-D passes, ``fft``, ``parts``
 of a combined kernel, ``mix`` for multi-channel kernels, ``bank`` for apply_each), and in
 how many rows per tile the reference engine works on the CPU. The engine
-(:mod:`kernelcli.filters`) runs what the plan says, the memory estimate
-(:mod:`kernelcli.budget`) prices what it says, and each step's ``Stats`` reports it.
+(:mod:`kernelcli.compute.filters`) runs what the plan says, the memory estimate
+(:mod:`kernelcli.compute.budget`) prices what it says, and each step's ``Stats`` reports it.
 numpy only (no torch): the command line can plan before torch is imported.
 """
 
@@ -18,12 +18,12 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .kernel import Kernel
+from ..kernels.kernel import Kernel
 from .options import CONSTANT_BORDERS, Geometry, pad_amounts
 
 STRIP_BYTES = 1 << 20  # the fast engine's strip of input pixels: about 1 MiB stays in L2 cache
 TILE_BYTES = 64 << 20  # the reference engine's CPU working set per tile: conv2d's unfolded copy, FFT spectra
-BAND_ROWS = 16  # the banded engine's output rows (and columns) per matrix product (kernelcli.bands)
+BAND_ROWS = 16  # the banded engine's output rows (and columns) per matrix product (kernelcli.compute.bands)
 DIRECT_MAX_TAPS = 49  # up to 7x7: one conv2d; larger: two 1-D passes if separable, else FFT
 MAX_TERMS = 3  # the banded engine's separable terms at most (log: 3, dog and unsharp: 2, gaussian and box: 1)
 METHODS = ("auto", "direct", "separable", "fft")
@@ -80,7 +80,7 @@ def choose_method(weights) -> str:
     kernels stay direct, which is exact for integer weights on 8-bit data."""
     import numpy as np
 
-    from .analysis import separable_factors
+    from ..kernels.analysis import separable_factors
 
     kh, kw = np.shape(weights)
     if kh * kw <= DIRECT_MAX_TAPS:
@@ -188,7 +188,7 @@ def banded_form(kernel: Kernel, scale: float, amax: float, exact: float) -> Band
     1 term, dog and unsharp: 2, log: 3). Kernels whose weights are simple fractions with an
     even denominator (0.01, 1/36 written as decimals) are left to the reference engine: their
     sums sit on or next to a rounding tie for many pixels, which the banded engine would have
-    to settle one by one (kernelcli.bands)."""
+    to settle one by one (kernelcli.compute.bands)."""
     import numpy as np
 
     ints = integer_form(kernel, scale)
@@ -199,7 +199,7 @@ def banded_form(kernel: Kernel, scale: float, amax: float, exact: float) -> Band
     w = kernel.weights * scale
     if not (np.isfinite(w).all() and w.any()) or _simple_fractions(w):
         return None
-    from .analysis import separable_factors
+    from ..kernels.analysis import separable_factors
 
     u, s, vt = np.linalg.svd(w)
     rank = int((s > s[0] * 1e-12).sum())

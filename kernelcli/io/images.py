@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from .errors import ImageError, UsageError, WriteError
+from ..errors import ImageError, UsageError, WriteError
 
 # Decoders we allow, by content; EPS/PDF/PSD/FITS and friends are never invoked.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF", "PPM", "TGA")

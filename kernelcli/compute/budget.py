@@ -23,7 +23,7 @@ try:
 except ImportError:  # not on this system
     resource = None
 
-from .errors import ImageError, UsageError
+from ..errors import ImageError, UsageError
 
 DEFAULT_SHARE = 0.5  # of the available memory
 TORCH_ADDRESS_SPACE = 1 << 30  # address space torch's libraries and its threads' arenas take, before it is loaded
@@ -163,7 +163,7 @@ def out_of_memory(exc: BaseException) -> str | None:
 def apply_estimate(channels: int, height: int, width: int, itemsize: int, kernels, options, *,
                    alpha: bool = False, steps=None, out_bytes_per_value: int | None = None) -> int:
     """Peak bytes of ``apply_kernels`` on a (channels, height, width) raster of ``itemsize``
-    bytes a value, with the encoded output, for the ``steps`` of :func:`kernelcli.engine.plan`
+    bytes a value, with the encoded output, for the ``steps`` of :func:`kernelcli.compute.engine.plan`
     (one per kernel; the engine runs the same plan, so the two cannot disagree).
 
     Fast engine: the input and the output of one step (two in a chain), plus one strip
@@ -240,11 +240,11 @@ def probe(path: str, limits=None):
     """A stand-in Raster with the size, type and channels an input will decode to, read
     from the header only (no pixel memory: the arrays are broadcast views); None when the
     header says nothing (CSV, unreadable) or is over ``limits`` (images.Limits): reading
-    reports that. Any size is probed (Pillow's own pixel limit is off: kernelcli.images)."""
+    reports that. Any size is probed (Pillow's own pixel limit is off: kernelcli.io.images)."""
     import numpy as np
     from PIL import Image
 
-    from .images import IMAGE_FORMATS, Raster
+    from ..io.images import IMAGE_FORMATS, Raster
 
     def view(shape, dtype, value=0):
         return np.broadcast_to(np.array(value, dtype=dtype), shape)

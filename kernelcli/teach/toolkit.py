@@ -14,14 +14,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import budget
-from .convolve import Geometry, as_tensor, pad, pad_amounts, resolve_device
-from .shapes import check_pool_padding, output_size, pair, shape_text, transposed_size
-from .errors import UsageError
-from .images import Raster
-from .kernel import DEFAULT_MAP
-from .options import MAX_GEOMETRY, check_geometry
-from .mapping import map_values
+from ..compute import budget
+from ..compute.convolve import Geometry, as_tensor, pad, pad_amounts, resolve_device
+from ..compute.shapes import check_pool_padding, output_size, pair, shape_text, transposed_size
+from ..errors import UsageError
+from ..io.images import Raster
+from ..kernels.kernel import DEFAULT_MAP
+from ..compute.options import MAX_GEOMETRY, check_geometry
+from ..compute.mapping import map_values
 
 POOL_OPS = ("max", "avg")
 
@@ -137,7 +137,7 @@ def upsample(raster: Raster, factor: int | tuple[int, int], device: str | None =
 
 def _check_memory(raster: Raster, out_h: int, out_w: int, max_memory: int | None, what: str, *,
                   columns: int = 0, kept: int | None = None) -> None:
-    """Refuse a toolkit job whose estimated peak exceeds ``max_memory`` (kernelcli.budget)."""
+    """Refuse a toolkit job whose estimated peak exceeds ``max_memory`` (kernelcli.compute.budget)."""
     if max(out_h, out_w) > MAX_GEOMETRY ** 2:
         raise UsageError(f"{what}: the result would be {out_w}x{out_h} pixels; refused")
     c = raster.pixels.shape[0] + (raster.alpha is not None)

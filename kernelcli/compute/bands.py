@@ -1,5 +1,5 @@
 """The fast engine's banded method: a large kernel that is a sum of a few separable terms
-(gaussian:σ, box:N, unsharp, dog, log: :class:`kernelcli.engine.Bands`) on 8- or 16-bit
+(gaussian:σ, box:N, unsharp, dog, log: :class:`kernelcli.compute.engine.Bands`) on 8- or 16-bit
 pixels, exactly.
 
 Each strip of BAND_ROWS output rows is the padded input block in float32 (8-bit) or float64
@@ -12,7 +12,7 @@ a few strip buffers per thread.
 
 Exactness: each 8/16-bit value is round-half-even of the exact value V of the step, the
 kernel's float64 taps times the integer pixels summed in exact arithmetic, divided by the
-divisor, times the scale, plus bias and offset (as :func:`kernelcli.mapping.map_values`
+divisor, times the scale, plus bias and offset (as :func:`kernelcli.compute.mapping.map_values`
 adds them); the reference engine computes V in float (to about 1e-13 in float64).
 
 - Integer taps (box:N): every product and partial sum is an integer below 2^24 (float32) or
@@ -28,7 +28,7 @@ adds them); the reference engine computes V in float (to about 1e-13 in float64)
   integers over its input window.
 - Where that would happen for many values (weights that are simple fractions with an even
   denominator, whose sums sit on a tie by construction), the plan does not choose this method
-  (:func:`kernelcli.engine.banded_form`).
+  (:func:`kernelcli.compute.engine.banded_form`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import torch
 from . import engine
 from .convolve import as_tensor
 from .engine import EXACT, Bands
-from .kernel import Kernel
+from ..kernels.kernel import Kernel
 from .mapping import Stats, map_near
 from .options import CONSTANT_BORDERS, Geometry, pad_amounts, padded_axis
 
@@ -130,7 +130,7 @@ def _buffer(name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 
 def _block(src: torch.Tensor, r0: int, sh: int, pads, rows, cols, value: float, dtype) -> torch.Tensor:
     """The padded input block of the strip of ``sh`` rows at ``r0`` in ``dtype``: (BAND_ROWS +
-    reach, W + reach, C), its border by :func:`kernelcli.convolve.padded_axis` (rows past the
+    reach, W + reach, C), its border by :func:`kernelcli.compute.convolve.padded_axis` (rows past the
     image's last strip are zeros: they feed only outputs that are dropped)."""
     top, bottom, left, right = pads
     h, w, c = src.shape

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
-from .errors import KernelFileError
+from ..errors import KernelFileError
 
 MAP_MODES = ("clip", "abs", "offset", "normalize")  # mapping.map_values implements each
 DEFAULT_MAP = "clip"  # a step's mapping when neither the options nor the kernel name one

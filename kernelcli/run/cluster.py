@@ -24,7 +24,7 @@ import threading
 import time
 
 from .batch import Interrupted, Job, Report, Terminated, process_job
-from .errors import KernelcliError, UsageError, WriteError
+from ..errors import KernelcliError, UsageError, WriteError
 
 
 def process_files(jobs: list[Job], render, *, limits=None, overwrite: bool = False, stop=None) -> list[dict]:
@@ -37,8 +37,8 @@ def process_files(jobs: list[Job], render, *, limits=None, overwrite: bool = Fal
     ``stop`` (anything with ``is_set()``): once set, the file at hand is finished and no
     other is started; the records end there.
     """
-    from . import storage
-    from .images import format_for_path
+    from ..io import storage
+    from ..io.images import format_for_path
 
     format_of = getattr(render, "format_for", format_for_path)  # a Renderer knows the --format word
     stop = stop if stop is not None else threading.Event()
@@ -65,7 +65,7 @@ def process_files(jobs: list[Job], render, *, limits=None, overwrite: bool = Fal
         except Interrupted:
             break
         except (KernelcliError, MemoryError, RuntimeError) as exc:  # memory failures are this input's, named
-            from .budget import job_failure
+            from ..compute.budget import job_failure
 
             failure = job_failure(job.source.path, exc)
             if failure is None and not isinstance(exc, KernelcliError):
@@ -126,7 +126,7 @@ def run(jobs: list[Job], render, *, scheduler: str, report: Report, stop: thread
     """Run the planned ``jobs`` on Dask, recording outcomes in ``report`` as they arrive.
 
     Raises WriteError when a destination failed (the rest is cancelled) and Interrupted on
-    Ctrl-C/SIGTERM (130/143; tasks cancelled), as :func:`kernelcli.batch.run` does.
+    Ctrl-C/SIGTERM (130/143; tasks cancelled), as :func:`kernelcli.run.batch.run` does.
     """
     from distributed import as_completed
 
