@@ -166,8 +166,14 @@ def take_on(fields: dict[str, str], peer_pid: int) -> None:
                     f"OOM score adjustment {fields['oom']}")
     for item in fields["limits"].split(","):
         res, soft, hard = (int(v) for v in item.split(":"))
-        if resource.getrlimit(res) != (soft, hard):
-            _do(lambda: resource.setrlimit(res, (soft, hard)), f"limit {_limit_name(resource, res)} {soft}:{hard}")
+        now = resource.getrlimit(res)
+        if now != (soft, hard):
+            try:
+                resource.setrlimit(res, (soft, hard))
+            except (ValueError, OSError) as exc:  # Python turns EPERM into ValueError
+                raising = _above(hard, now[1])
+                raise Decline(f"cannot take on limit {_limit_name(resource, res)} {_text(soft)}:{_text(hard)} "
+                              f"(this server's hard limit: {_text(now[1])}): {exc}", retire=raising) from None
 
 
 def _do(action, what: str) -> None:
@@ -177,6 +183,15 @@ def _do(action, what: str) -> None:
         raise Decline(f"cannot take on {what}: {exc.strerror}", retire=True) from None
     except (OSError, ValueError) as exc:
         raise Decline(f"cannot take on {what}: {exc}") from None
+
+
+def _above(a: int, b: int) -> bool:
+    """Whether limit ``a`` is above limit ``b`` (-1, RLIM_INFINITY, is above all)."""
+    return a != b and (a == -1 or (b != -1 and a > b))
+
+
+def _text(limit: int) -> str:
+    return "unlimited" if limit == -1 else str(limit)
 
 
 def _limit_name(resource, res: int) -> str:

@@ -11,7 +11,8 @@ or the worker cannot take the caller on, it runs the command in this process exa
 ``KERNELCLI_SERVER=off`` or ``kernelcli --no-server …`` never use one.
 
 Protocol (version ``PROTOCOL``; the socket name carries it, so client and server always agree):
-the request is described in kernelcli.protocol. Replies are lines: ``pid N`` from the worker
+the request is described in kernelcli.protocol. The server greets each connection with
+``ready`` (the request and its fds follow only then). Replies are lines: ``pid N`` from the worker
 (its process group is N), answered by ``go`` from the client; then ``exit N`` from the worker,
 or ``signal N`` from the server when the worker died by a signal. ``status``: one ``key=value``
 line per field. Closed before ``pid``: nothing ran (the client runs the command itself).
@@ -24,6 +25,7 @@ import _socket  # the C module: `socket` would import selectors and enum (~15 ms
 import os
 import struct
 import sys
+import time
 
 from .protocol import (  # noqa: F401  (the server and tests reach them through here too)
     PROTOCOL,
@@ -139,15 +141,19 @@ def run_through(sock, args: list[str]) -> int | None:
     targets = [int(fd) for fd in caller["fds"].split(",") if fd]
     forwarder = _Forwarder()  # from here on, a Ctrl-C or Ctrl-Z is the worker's
     try:
+        reply = _Lines(sock, time.monotonic() + PID_DEADLINE)
         try:
-            request = encode_request("run", args, caller=caller)
-            fds = struct.pack(f"{4 + len(targets)}i", 0, 1, 2, cwd, *targets)
-            sent = sock.sendmsg([request[:4096]], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-            sock.sendall(request[sent:])
+            # fds go only to a server that has shown it is alive: fds sent into the queue of a
+            # stopped one would stay open there (a `| cat` after this call would never end)
+            word, value = reply.next()
+            if word == "ready":
+                request = encode_request("run", args, caller=caller)
+                fds = struct.pack(f"{4 + len(targets)}i", 0, 1, 2, cwd, *targets)
+                sent = sock.sendmsg([request[:4096]], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+                sock.sendall(request[sent:])
+                word, value = reply.next()
         finally:
             os.close(cwd)
-        reply = _Lines(sock)
-        word, value = reply.next(PID_DEADLINE)
         if word is None:  # declined, or no answer in time: nothing runs there
             if value == "timeout":
                 pid = _server_pid(sock)
@@ -161,8 +167,9 @@ def run_through(sock, args: list[str]) -> int | None:
             sock.sendall(b"go\n")
         except OSError:  # it is gone already: the server tells how
             pass
+        reply.deadline = None
         while True:
-            word, value = reply.next(None)
+            word, value = reply.next()
             if word == "exit":
                 return int(value)
             if word == "signal":
@@ -191,15 +198,18 @@ def _server_pid(sock) -> str:
 
 
 class _Lines:
-    """The reply's lines, as they come."""
+    """The reply's lines, as they come, until ``deadline`` (time.monotonic(); None: no end)."""
 
-    def __init__(self, sock):
-        self.sock, self.buffer = sock, b""
+    def __init__(self, sock, deadline: float | None):
+        self.sock, self.buffer, self.deadline = sock, b"", deadline
 
-    def next(self, timeout: float | None) -> tuple[str | None, str | None]:
-        """(word, value) of the next line; (None, "timeout") after ``timeout`` s, (None, None) at the end."""
-        self.sock.settimeout(timeout)
+    def next(self) -> tuple[str | None, str | None]:
+        """(word, value) of the next line; (None, "timeout") after the deadline, (None, None) at the end."""
         while b"\n" not in self.buffer:
+            left = None if self.deadline is None else self.deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None, "timeout"
+            self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(4096)
             except TimeoutError:

@@ -89,7 +89,7 @@ def stamp() -> str:
 
     from .caller import context
 
-    files = [sys.executable] + _package_files(PACKAGE)
+    files = [os.path.realpath(sys.executable)] + _package_files(PACKAGE)  # `python` and `python3` alike
     for name, extra in STAMP_PACKAGES.items():
         top = next((os.path.join(p, name) for p in sys.path
                     if p and os.path.isfile(os.path.join(p, name, "__init__.py"))), None)
@@ -103,14 +103,14 @@ def stamp() -> str:
         except OSError:
             stats.append((f, None))
     installed = []
-    for p in sys.path:
+    for p in dict.fromkeys(sys.path):
         if p.endswith(("site-packages", "dist-packages")):
             try:
                 installed.append(sorted(n for n in os.listdir(p) if n.endswith((".dist-info", ".egg-info", ".pth"))))
             except OSError:
                 installed.append(None)
     env = sorted(server_environment().items())
-    data = repr((PROTOCOL, sys.version, stats, installed, env)).encode("utf-8", "surrogateescape") + context()
+    data = repr((PROTOCOL, sys.version, sys.prefix, stats, installed, env)).encode("utf-8", "surrogateescape") + context()
     return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"  # zlib: hashlib would load OpenSSL (~10 ms)
 
 
@@ -218,6 +218,12 @@ def ask(path: str, verb: str, timeout: float = 10.0) -> dict | None:
     if sock is None:
         return None
     try:
+        greeting = b""
+        while not greeting.endswith(b"\n"):
+            chunk = sock.recv(64)
+            if not chunk:
+                return None
+            greeting += chunk
         sock.sendall(encode_request(verb, env={}))
         reply = b"".join(iter(lambda: sock.recv(65536), b""))
     except (ConnectionResetError, BrokenPipeError):
@@ -279,26 +285,38 @@ def start_in_background(path: str, idle: float | None = None) -> int | None:
 
 
 def _spawn(argv: list[str], log: str, keep: int) -> int | None:
+    """fork + exec (not posix_spawn: glibc's leaves its internal signals ignored in the child),
+    everything of this caller's reset in the child before exec."""
     import _signal
     import resource
 
-    from .caller import inheritable_fds, server_limits
+    from .caller import server_limits
 
-    limits = server_limits()
-    saved = {res: resource.getrlimit(res) for res in limits}
+    limits, env = server_limits(), server_environment()
     try:
-        for res, value in limits.items():
-            resource.setrlimit(res, value)  # soft within hard: always allowed; back right after
-        return os.posix_spawn(argv[0], argv, server_environment(), setsid=True, setsigmask=(),
-                              setsigdef=_signal.valid_signals() - {9, 19}, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
-            (os.POSIX_SPAWN_DUP2, 1, 2),
-            *((os.POSIX_SPAWN_CLOSE, fd) for fd in inheritable_fds() if fd != keep),
-        ])
-    except OSError:  # no log can be opened, no process can be made: calls run in-process
+        out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:  # no log can be opened: calls run in-process
         return None
-    finally:
-        for res, value in saved.items():
-            resource.setrlimit(res, value)
-
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(out)
+        return None
+    if pid == 0:  # this client is single-threaded: only simple calls here, then exec
+        try:
+            os.setsid()
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            os.closerange(3, keep)
+            os.closerange(keep + 1, 1 << 20)
+            for res, value in limits.items():
+                resource.setrlimit(res, value)
+            for sig in _signal.valid_signals() - {_signal.SIGKILL, _signal.SIGSTOP}:
+                _signal.signal(sig, _signal.SIG_DFL)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    os.close(out)
+    return pid

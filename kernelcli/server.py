@@ -250,6 +250,7 @@ class Server:
                 conn.close()
                 continue
             conn.setblocking(False)
+            _send(conn, b"ready\n")  # alive: the client may send its request and fds now
             if len(self.pending) >= MAX_PENDING:
                 oldest = min(self.pending.values(), key=lambda p: p.deadline)
                 del self.pending[oldest.fd]
@@ -274,7 +275,8 @@ class Server:
         size = struct.unpack(">I", buffer[:4])[0] if len(buffer) >= 4 else 0
         if not data or flags & socket.MSG_CTRUNC or size > MAX_REQUEST or len(pending.fds) > MAX_FDS:
             del self.pending[pending.fd]
-            pending.drop(why if not data else "too large a request or too many fds")
+            silent = not data and not buffer and not pending.fds  # a probe (is one listening?), not a request
+            pending.drop(None if silent else why if not data else "too large a request or too many fds")
             return
         if len(buffer) < 4 + size:
             return
@@ -507,7 +509,7 @@ def _place_fds(fds: list[int], targets: list, keep: int, request) -> list[int]:
             placed.append(target)
     soft = next((int(s) for r, s, _ in (i.split(":") for i in request.caller["limits"].split(","))
                  if int(r) == _rlimit_nofile()), None)
-    if soft is not None and 0 < soft < placed[-1]:
+    if soft is not None and placed[-1] < soft:
         try:
             high = fcntl.fcntl(placed[-1], fcntl.F_DUPFD_CLOEXEC, soft)
             os.close(placed[-1])

@@ -27,7 +27,12 @@ def statuses() -> list[dict]:
     return out
 
 
-def start(idle: float | None = None, timeout: float = 60.0) -> tuple[dict, bool]:
+def start(idle: float | None = None, timeout: float = 60.0) -> dict:
+    """Start a server (unless one runs) and wait until it answers; its status."""
+    return ensure(idle, timeout)[0]
+
+
+def ensure(idle: float | None = None, timeout: float = 60.0) -> tuple[dict, bool]:
     """Start a server (unless one runs) and wait until it answers: its status, and whether it
     was started now (False: one was running, with its own idle time)."""
     from .errors import KernelcliError

@@ -23,7 +23,7 @@ def server_start(idle):
     """Start the server now, unless one runs for this install."""
     from .. import service
 
-    info, started = service.start(idle)
+    info, started = service.ensure(idle)
     if started:
         say(f"server running: pid {info['pid']}, socket {info['socket']}")
     elif idle is not None and float(info.get("idle_exit_s", idle)) != idle:
