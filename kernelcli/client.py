@@ -27,7 +27,7 @@ import struct
 import sys
 import time
 
-from .protocol import (  # noqa: F401  (the server and tests reach them through here too)
+from .protocol import (  # noqa: F401  (tests reach them through here too)
     PROTOCOL,
     IDLE_SECONDS,
     STAMP_ENV_PREFIXES,
@@ -41,8 +41,6 @@ from .protocol import (  # noqa: F401  (the server and tests reach them through 
     socket_path,
     connect,
     encode_request,
-    ask,
-    start_in_background,
 )
 
 # Passed on to the worker (it has the caller's dispositions: one the caller ignores is ignored there)
@@ -107,7 +105,7 @@ class _Forwarder:
     def _kill(self, sig):
         try:
             os.killpg(self.pgid, sig)
-        except ProcessLookupError:  # already gone: its status is on the way
+        except (ProcessLookupError, PermissionError):  # already gone: its status is on the way
             pass
 
     def forward(self, sig, frame):
@@ -191,7 +189,7 @@ def run_through(sock, args: list[str]) -> int | None:
 
 
 def _server_pid(sock) -> str:
-    from .protocol import server_pid
+    from .service import server_pid
 
     pid = server_pid(sock)
     return f" (pid {pid})" if pid else ""
@@ -235,6 +233,13 @@ def _die_by(sig: int) -> None:
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [sig])
     os.kill(os.getpid(), sig)
     sys.exit(128 + sig)  # a signal that does not end a process by default
+
+
+def start_in_background(path: str) -> None:
+    """A server for the next call (kernelcli.service, loaded only on this path)."""
+    from .service import start_in_background as start
+
+    start(path)
 
 
 def in_process() -> None:

@@ -1,8 +1,9 @@
 """The resident server's wire and rendezvous, shared by the thin client, the server and
 `kernelcli server start|stop|status`: where the socket lives (a private folder, a name holding a
-stamp of the install and of the caller's context), how a request is encoded and decoded, and how
-a server is started in the background, clean. Standard library only, and nothing of kernelcli
-but kernelcli.caller, so every side can build on it.
+stamp of the install and of the caller's context) and how a request is encoded and decoded:
+what every call needs, kept small (a call compiles it where no bytecode cache is written).
+Standard library only, and nothing of kernelcli but kernelcli.caller, so every side can build on
+it; starting a server and asking one for its status are kernelcli.service's.
 
 Request: ``>I`` length, then NUL-separated fields: verb (``run``, ``status``, ``stop``), umask,
 argv[0], argc, argv…, the number of caller fields, ``name=value`` caller fields
@@ -170,15 +171,6 @@ def connect(path: str, timeout: float | None = None):
     return sock
 
 
-def server_pid(sock) -> int | None:
-    """The pid of the server at the other end of a connection (SO_PEERCRED), or None."""
-    try:
-        pid = struct.unpack("3i", sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))[0]
-    except OSError:
-        return None
-    return pid or None
-
-
 def encode_request(verb: str, args: list[str] = (), env: dict | None = None, caller: dict | None = None) -> bytes:
     mask = os.umask(0)
     os.umask(mask)
@@ -209,114 +201,3 @@ def parse_request(raw: bytes) -> Request:
     caller = dict(f.decode().split("=", 1) for f in fields[at + 1: at + 1 + count])
     env = dict(os.fsdecode(f).split("=", 1) for f in fields[at + 1 + count:] if b"=" in f)
     return Request(verb, mask, argv0, args, caller, env)
-
-
-def ask(path: str, verb: str, timeout: float = 10.0) -> dict | None:
-    """``status`` or ``stop`` to the server at ``path``: its ``key=value`` reply, None when none
-    answers; ``{"pid": N, "answer": "none"}`` when one listens but does not answer in time."""
-    sock = connect(path, timeout)
-    if sock is None:
-        return None
-    try:
-        greeting = b""
-        while not greeting.endswith(b"\n"):
-            chunk = sock.recv(64)
-            if not chunk:
-                return None
-            greeting += chunk
-        sock.sendall(encode_request(verb, env={}))
-        reply = b"".join(iter(lambda: sock.recv(65536), b""))
-    except (ConnectionResetError, BrokenPipeError):
-        return None
-    except TimeoutError:
-        pid = server_pid(sock)
-        return {"pid": str(pid), "answer": "none"} if pid else None
-    finally:
-        sock.close()
-    if not reply:
-        return None
-    return dict(line.split("=", 1) for line in reply.decode().splitlines() if "=" in line)
-
-
-def sockets(folder: str) -> list[str]:
-    """Every server socket in a socket folder (any install or environment)."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    return [os.path.join(folder, n) for n in sorted(names) if n.startswith("server-") and n.endswith(".sock")]
-
-
-def start_in_background(path: str, idle: float | None = None) -> int | None:
-    """Start a server for ``path`` unless one answers or another process is starting one (a file
-    lock held until the new server listens: a cold 3-stage pipeline starts one server).
-    Returns the new server's pid, or None (also when it cannot be started: calls run in-process).
-
-    The server starts clean, whoever this caller is: the environment the stamp covers and
-    nothing else, no open fds but its log and the lock, no blocked or ignored signals, its own
-    session, soft limits at the hard ones (kernelcli.caller.server_limits); it resets its
-    scheduling itself (kernelcli.caller.clean_scheduling)."""
-    import fcntl
-
-    try:
-        lock = os.open(path[: -len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another process is starting one
-            return None
-        sock = connect(path, 1.0)  # one may have started between our first try and the lock
-        if sock is not None:
-            sock.close()
-            return None
-        if idle is None:
-            idle = float(os.environ.get("KERNELCLI_SERVER_IDLE") or IDLE_SECONDS)
-        root = os.path.dirname(PACKAGE)
-        log = os.path.join(os.path.dirname(path), "server.log")
-        argv = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                "import kernelcli.server as s; s.main(sys.argv[2:])",
-                root, "--socket", path, "--idle", str(idle), "--lock-fd", str(lock)]
-        os.set_inheritable(lock, True)
-        return _spawn(argv, log, keep=lock)
-    finally:
-        os.close(lock)  # the server keeps its own copy until it listens
-
-
-def _spawn(argv: list[str], log: str, keep: int) -> int | None:
-    """fork + exec (not posix_spawn: glibc's leaves its internal signals ignored in the child),
-    everything of this caller's reset in the child before exec."""
-    import _signal
-    import resource
-
-    from .caller import server_limits
-
-    limits, env = server_limits(), server_environment()
-    try:
-        out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:  # no log can be opened: calls run in-process
-        return None
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(out)
-        return None
-    if pid == 0:  # this client is single-threaded: only simple calls here, then exec
-        try:
-            os.setsid()
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
-            os.closerange(3, keep)
-            os.closerange(keep + 1, 1 << 20)
-            for res, value in limits.items():
-                resource.setrlimit(res, value)
-            for sig in _signal.valid_signals() - {_signal.SIGKILL, _signal.SIGSTOP}:
-                _signal.signal(sig, _signal.SIG_DFL)
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
-            os.execve(argv[0], argv, env)
-        finally:
-            os._exit(127)
-    os.close(out)
-    return pid

@@ -1,11 +1,11 @@
 """The resident kernelcli server: torch, numpy, Pillow and the library imported once; a forked
 worker per request (Mercurial chg's design; the client is client.py, the wire protocol.py).
 
-A call through it is the caller's call. The server starts clean (protocol.start_in_background:
+A call through it is the caller's call. The server starts clean (service.start_in_background:
 minimal environment, no inherited fds or signal state, its own session, soft limits at the hard
-ones; then caller.clean_scheduling). A worker takes on everything of its own caller's process
-(caller.take_on: limits, nice, scheduling, CPUs, I/O priority, OOM adjustment; here: fds,
-working folder, environment, umask, argv, signal dispositions and mask) and nothing of any other
+ones; then worker.clean_scheduling). A worker takes on everything of its own caller's process
+(kernelcli.worker: fds, limits, nice, scheduling, CPUs, I/O priority, OOM adjustment, signal
+dispositions and mask; here: working folder, environment, umask, argv) and nothing of any other
 caller's; where it cannot, it declines before telling its pid and the client runs the command
 itself. A worker answers its client directly and watches it: a client that goes away takes its
 worker with it, whatever happens to the server, and a server that dies (or is killed) ends no
@@ -17,7 +17,7 @@ deadline, so a slow or silent connection delays no one else.
 Fork safety (measured, shared FACTS §7): torch's libgomp hangs every forked child once the
 parent has run a multi-threaded op, so the server sets one torch thread right after import,
 runs its warm-up op in that one thread, never initialises CUDA, and starts no thread pool;
-each worker sets the thread count a fresh process of its caller would have (fresh_threads).
+each worker sets the thread count a fresh process of its caller would have (worker.fresh_threads).
 A worker may initialise CUDA: it is a fork of a process that never did, which is as good as a
 fresh process.
 
@@ -38,7 +38,7 @@ import struct
 import sys
 import time
 
-from . import caller
+from . import caller, worker
 from . import protocol as proto
 
 MAX_REQUEST = 16 << 20  # bytes of one request (argv and environment are bounded by ARG_MAX anyway)
@@ -47,8 +47,6 @@ MAX_PENDING = 256  # connections still sending their request; beyond, the oldest
 MAX_FDS = 253  # SCM_RIGHTS per message
 SPARES = 3  # workers forked ahead (a 3-stage pipeline asks for three at once)
 SPARE_AFTER = 0.02  # seconds without events before forking a missing spare
-TERM_DELAY = 0.3  # seconds from a client's going away to SIGTERM for its worker (unless it ends)
-KILL_GRACE = 2.3  # … and to SIGKILL
 _kept = []  # the server's own standard streams, kept alive in a worker (collecting them would close fds 0-2)
 
 
@@ -79,16 +77,6 @@ def warm_up() -> int:
     kernels.load_file(kernels.shipped_path())  # parsed once here; workers reuse it while it is unchanged
     torch.nn.functional.conv2d(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 3, 3))
     return threads
-
-
-def fresh_threads(threads: int, cpus: int, environ) -> int:
-    """The intra-op thread count torch picks in a fresh process with ``cpus`` CPUs in its
-    affinity, given ``threads`` with all of the server's: OMP_NUM_THREADS or MKL_NUM_THREADS
-    (capped at the cores) regardless of the affinity, else one per CPU of the affinity up to the
-    cores (torch 2.x with OpenMP and MKL, measured with taskset)."""
-    if environ.get("OMP_NUM_THREADS") or environ.get("MKL_NUM_THREADS"):
-        return threads
-    return max(1, min(threads, cpus))
 
 
 class Pending:
@@ -296,7 +284,7 @@ class Server:
             return pending.drop()
         if request.verb != "run" or self.stopping or self.listener is None:
             return pending.drop()
-        if len(fds) != 4 + len(caller.fd_targets(request.caller)):
+        if len(fds) != 4 + len(caller.ints(request.caller["fds"])):
             return pending.drop("fds do not match the request")
         self.start_worker(conn, bytes(buffer), fds, pending.peer_pid)
 
@@ -336,19 +324,19 @@ class Server:
             os.close(fd)
         conn.close()
 
-    def worker_message(self, worker: Worker) -> None:
+    def worker_message(self, w: Worker) -> None:
         """A worker that declined says why; one that took its call closes the channel."""
-        message = _recv_nonblocking(worker.channel)
+        message = _recv_nonblocking(w.channel)
         if message is None:
             return
         if message:
-            self.declined(worker, message.decode(errors="replace"))
-        worker.channel.close()
-        worker.channel = None
+            self.declined(w, message.decode(errors="replace"))
+        w.channel.close()
+        w.channel = None
 
-    def declined(self, worker: Worker, message: str) -> None:
+    def declined(self, w: Worker, message: str) -> None:
         verdict, _, reason = message.partition(" ")
-        log(f"worker {worker.pid} declined a call ({reason}); it runs in its client's process")
+        log(f"worker {w.pid} declined a call ({reason}); it runs in its client's process")
         if verdict == "retire":  # the server is below this caller: the next server starts from one like it
             self.close_listener("a caller needs more than this server can give")
 
@@ -382,7 +370,7 @@ class Server:
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             self.forget_sockets()
-            _close_all_but({0, 1, 2, channel.fileno()})  # nothing of the server's or of another caller's
+            worker.close_all_but({0, 1, 2, channel.fileno()})  # nothing of the server's or of another caller's
             set_title("kernelcli server: spare worker")
             if not channel.recv(1, socket.MSG_PEEK):  # the server closed the channel: not needed
                 os._exit(0)
@@ -408,11 +396,12 @@ class Server:
             reopen_std_streams()
             import torch
 
-            torch.set_num_threads(fresh_threads(self.threads, caller.cpu_count(request.caller), self.environ))
+            torch.set_num_threads(worker.fresh_threads(self.threads, len(caller.ints(request.caller["cpus"])),
+                                                       self.environ))
             from .cli import run
 
-            caller.set_signals(request.caller)
-            caller.block_signals(request.caller)
+            worker.set_signals(request.caller)
+            worker.block_signals(request.caller)
             code = run()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -444,20 +433,20 @@ class Server:
     def take_on(self, request, peer_pid: int, fds: list[int], channel) -> int | None:
         """Give this worker the caller's fds, working folder and process attributes; the client
         connection's fd, or None after telling the server why not (the client runs the command)."""
-        targets = [0, 1, 2, None, *caller.fd_targets(request.caller), None]
+        targets = [0, 1, 2, None, *caller.ints(request.caller["fds"]), None]
         try:
-            placed = _place_fds(fds, targets, keep=channel.fileno(), request=request)
+            placed = worker.place_fds(fds, targets, keep=channel.fileno(), fields=request.caller)
             reply, cwd = placed[-1], placed[3]
             os.fchdir(cwd)
             os.close(cwd)
-            _watch_client(reply)  # before the caller's limits: a thread more may be over its RLIMIT_NPROC
+            worker.watch_client(reply)  # before the caller's limits: a thread more may be over its RLIMIT_NPROC
             if peer_pid <= 0 or caller.context(peer_pid) != self.context:
-                raise caller.Decline(f"pid {peer_pid} runs in another context (cgroup, namespaces, user or privileges)")
-            caller.take_on(request.caller, peer_pid)
+                raise worker.Decline(f"pid {peer_pid} runs in another context (cgroup, namespaces, user or privileges)")
+            worker.take_on(request.caller, peer_pid)
         except (KeyError, ValueError) as exc:  # a request without the fields this version sends
             _send(channel, f"decline malformed request: {exc!r}".encode())
             return None
-        except caller.Decline as exc:
+        except worker.Decline as exc:
             _send(channel, f"{'retire' if exc.retire else 'decline'} {exc}".encode())
             return None
         return reply
@@ -473,84 +462,18 @@ class Server:
             for spare in [s for s in self.spares if s[0] == pid]:  # a spare died
                 spare[1].close()
                 self.spares.remove(spare)
-            worker = self.workers.pop(pid, None)
-            if worker is None:
+            w = self.workers.pop(pid, None)
+            if w is None:
                 continue
             self.last_active = time.time()
-            if worker.channel is not None:  # what it said before it ended (a decline)
-                self.worker_message(worker)
-                if worker.channel is not None:
-                    worker.channel.close()
+            if w.channel is not None:  # what it said before it ended (a decline)
+                self.worker_message(w)
+                if w.channel is not None:
+                    w.channel.close()
             if os.WIFSIGNALED(status):  # an exit status the worker sent itself
-                _killpg(pid, signal.SIGKILL)  # anything it started goes too
-                _send(worker.conn, b"signal %d\n" % os.WTERMSIG(status))
-            worker.conn.close()
-
-
-def _place_fds(fds: list[int], targets: list, keep: int, request) -> list[int]:
-    """Received fds put where the caller had them (``targets``: a number, or None for wherever),
-    every other fd of this process closed but ``keep``; the fds in order of ``fds``. The client
-    connection (last) goes above the caller's open-files limit, out of the numbers its command uses."""
-    import fcntl
-
-    above = max([2, keep, *fds, *(t for t in targets if t is not None)]) + 1
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in fds]
-    keep_moved = fcntl.fcntl(keep, fcntl.F_DUPFD_CLOEXEC, above)
-    _close_all_but(set(moved) | {keep_moved})
-    os.dup2(keep_moved, keep, inheritable=False)
-    os.close(keep_moved)
-    placed = []
-    for fd, target in zip(moved, targets):
-        if target is None:
-            placed.append(fd)
-        else:
-            os.dup2(fd, target, inheritable=True)
-            os.close(fd)
-            placed.append(target)
-    soft = next((int(s) for r, s, _ in (i.split(":") for i in request.caller["limits"].split(","))
-                 if int(r) == _rlimit_nofile()), None)
-    if soft is not None and placed[-1] < soft:
-        try:
-            high = fcntl.fcntl(placed[-1], fcntl.F_DUPFD_CLOEXEC, soft)
-            os.close(placed[-1])
-            placed[-1] = high
-        except OSError:
-            pass
-    return placed
-
-
-def _rlimit_nofile() -> int:
-    import resource
-
-    return resource.RLIMIT_NOFILE
-
-
-def _close_all_but(keep: set[int]) -> None:
-    start = 0
-    for fd in sorted(keep):
-        if fd > start:
-            os.closerange(start, fd)
-        start = fd + 1
-    os.closerange(start, 1 << 20)
-
-
-def _watch_client(reply: int) -> None:
-    """A thread that ends this worker's process group when its client goes away (killed, or its
-    terminal closed): SIGTERM after TERM_DELAY (the command cleans up as on Ctrl-C), SIGKILL after
-    KILL_GRACE. It has every signal blocked, so signals reach the command's threads as in-process."""
-    import threading
-
-    def watch():
-        poll = select.poll()
-        poll.register(reply, select.POLLRDHUP)
-        while not poll.poll():
-            pass
-        time.sleep(TERM_DELAY)  # it may just have sent its status and be ending
-        _killpg(os.getpid(), signal.SIGTERM)
-        time.sleep(KILL_GRACE - TERM_DELAY)
-        _killpg(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, daemon=True, name="kernelcli-client-watch").start()
+                worker.killpg(pid, signal.SIGKILL)  # anything it started goes too
+                _send(w.conn, b"signal %d\n" % os.WTERMSIG(status))
+            w.conn.close()
 
 
 def read_raw(conn) -> tuple[bytes, list[int]]:
@@ -622,13 +545,6 @@ def set_title(title: str) -> None:
     ctypes.CDLL(None).prctl(pr_set_name, b"kernelcli", 0, 0, 0)
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _send(conn, data: bytes) -> None:
     try:
         conn.sendall(data)
@@ -688,9 +604,9 @@ def main(argv=None) -> None:
     parser.add_argument("--lock-fd", type=int)
     opts = parser.parse_args(argv)
     os.chdir("/")
-    _close_all_but({0, 1, 2} | ({opts.lock_fd} if opts.lock_fd is not None else set()))
+    worker.close_all_but({0, 1, 2} | ({opts.lock_fd} if opts.lock_fd is not None else set()))
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    caller.clean_scheduling()
+    worker.clean_scheduling()
     set_title(f"kernelcli server --socket {opts.socket} --idle {opts.idle:g}")
     stamp = proto.stamp()
     log(f"starting for {opts.socket}")
@@ -699,6 +615,7 @@ def main(argv=None) -> None:
         log(f"not serving: at most {open_files} open files (ulimit -n) allowed, {MIN_OPEN_FILES} needed")
         sys.exit(1)
     threads = warm_up()
+    worker.io_priority(0)  # loads the C library's syscall() once here, not in every worker
     gc.freeze()  # what is loaded now stays: a worker's collections neither walk nor copy it
     server = Server(opts.socket, opts.idle)
     if proto.stamp() != stamp:

@@ -153,7 +153,7 @@ def test_the_first_callers_process_stays_out_of_the_server(folder, tmp_path):
     clean = attributes(int(status(env)["pid"]))
     may_lower = subprocess.run([PYTHON, "-c", "import os; os.setpriority(os.PRIO_PROCESS, 0, 0)"],
                                capture_output=True, timeout=30).returncode == 0
-    assert clean["nice"] == "0" or not may_lower  # else: as low as RLIMIT_NICE allows (caller.clean_scheduling)
+    assert clean["nice"] == "0" or not may_lower  # else: as low as RLIMIT_NICE allows (worker.clean_scheduling)
     assert clean["policy"] == "0" and clean["ioprio"] in (0, None) and clean["oom_score_adj"] == "0"
     assert clean["Cpus_allowed_list"] == attributes(os.getpid())["Cpus_allowed_list"]
     assert clean["SigBlk"] == "0000000000000000"
@@ -609,9 +609,9 @@ def test_a_stopped_server_does_not_hang_a_call(folder):
 
 
 def test_torch_threads_of_a_worker_are_a_fresh_processes():
-    """The formula a worker uses (server.fresh_threads) against real fresh processes."""
+    """The formula a worker uses (worker.fresh_threads) against real fresh processes."""
     need("taskset")
-    from kernelcli.server import fresh_threads
+    from kernelcli.worker import fresh_threads
 
     code = "import torch; print(torch.get_num_threads())"
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
