@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -38,6 +39,7 @@ CLIENT = [sys.executable, "-c",
           "sys.argv[0] = 'kernelcli'\n"
           "client.main()\n"]
 COUNTS: Counter = Counter()
+SECONDS = [0.0]  # the harness's own time (snapshots, the run through the server, comparing)
 
 
 def invoke(argv: list[str], input=None):
@@ -79,17 +81,20 @@ class Harness:
         if reason:
             COUNTS[f"not compared: {reason}"] += 1
             return in_process()
+        started = time.monotonic()
         cwd = os.getcwd()
         roots = self.roots(argv, cwd)
         before = {r: snapshot(r) for r in roots}
+        ran = time.monotonic()
         result = in_process()
-        after = {r: snapshot(r) for r in roots}
+        started += time.monotonic() - ran  # the harness's own time: all but the in-process run
+        after = {r: snapshot(r, before[r]) for r in roots}
         for r in roots:
-            restore(r, before[r])
+            restore(r, before[r], after[r])
         code, out, err = self.through_server(argv, input, cwd)
-        served = {r: snapshot(r) for r in roots}
+        served = {r: snapshot(r, before[r]) for r in roots}
         for r in roots:
-            restore(r, after[r])
+            restore(r, after[r], served[r])
         mine = (result.exit_code, result.stdout_bytes, result.stderr_bytes)
         problems = []
         if (code, out, err) != mine and (code, _lines(out), _lines(err)) == (mine[0], _lines(mine[1]), _lines(mine[2])):
@@ -97,13 +102,15 @@ class Harness:
         elif (code, out, err) != mine:
             problems.append(f"in-process exit {mine[0]}, stdout {mine[1][:300]!r}, stderr {mine[2][:600]!r}\n"
                             f"server     exit {code}, stdout {out[:300]!r}, stderr {err[:600]!r}")
+        reports = _reports(argv, cwd)
         for r in roots:
-            diff = compare(after[r], served[r])
+            diff = compare(after[r], served[r], {os.path.relpath(f, r) for f in reports})
             if diff:
                 problems.append(f"files under {r}: {diff}")
         if problems:
             pytest.fail(f"kernelcli {' '.join(argv)}: through the server differs from in-process\n" + "\n".join(problems))
         COUNTS["compared through a server"] += 1
+        SECONDS[0] += time.monotonic() - started
         return result
 
     def not_comparable(self, argv) -> str | None:
@@ -159,9 +166,10 @@ class Harness:
 # --------------------------------------------------------------------------- files
 
 
-def snapshot(root: Path) -> dict:
-    """{relative path: (kind, mode, content, mtime_ns)} of everything under ``root``; FIFOs,
-    sockets and devices are recorded, never opened."""
+def snapshot(root: Path, known: dict | None = None) -> dict:
+    """{relative path: (kind, mode, content, mtime_ns, identity)} of everything under ``root``;
+    FIFOs, sockets and devices are recorded, never opened. A file unchanged since ``known`` (same
+    inode, size and mtime) is not read again."""
     out = {}
     if not os.path.lexists(root):
         return out
@@ -172,19 +180,35 @@ def snapshot(root: Path) -> dict:
             rel = os.path.relpath(path, root)
             mode = stat.S_IMODE(st.st_mode)
             if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", 0, os.readlink(path), 0)
+                out[rel] = ("link", 0, os.readlink(path), 0, None)
             elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", mode, None, 0)
+                out[rel] = ("dir", mode, None, 0, None)
             elif stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as fh:
-                    out[rel] = ("file", mode, fh.read(), st.st_mtime_ns)
+                identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+                old = (known or {}).get(rel)
+                if old is not None and old[0] == "file" and old[4] == identity:
+                    out[rel] = ("file", mode, old[2], st.st_mtime_ns, identity)
+                else:
+                    with open(path, "rb") as fh:
+                        out[rel] = ("file", mode, fh.read(), st.st_mtime_ns, identity)
             else:
-                out[rel] = ("other", stat.S_IFMT(st.st_mode) | mode, None, 0)
+                out[rel] = ("other", stat.S_IFMT(st.st_mode) | mode, None, 0, None)
     return out
 
 
-def compare(a: dict, b: dict) -> str:
-    """What differs between two snapshots (mtimes aside)."""
+def _reports(argv, cwd) -> set[str]:
+    """The --report files of a call (one line per input, in the order the inputs finish)."""
+    out = set()
+    for n, a in enumerate(argv):
+        name = a.split("=", 1)[1] if a.startswith("--report=") else argv[n + 1] if a == "--report" and n + 1 < len(argv) \
+            else None
+        if name and name != "-":
+            out.add(os.path.realpath(os.path.join(cwd, name)))
+    return out
+
+
+def compare(a: dict, b: dict, reports=frozenset()) -> str:
+    """What differs between two snapshots (mtimes aside; the lines of a report in any order)."""
     lines = []
     for rel in sorted(set(a) | set(b)):
         x, y = a.get(rel), b.get(rel)
@@ -192,7 +216,7 @@ def compare(a: dict, b: dict) -> str:
             lines.append(f"{rel}: {'only through the server' if x is None else 'only in-process'}")
         elif x[:2] != y[:2]:
             lines.append(f"{rel}: {x[0]} mode {x[1]:o} in-process, {y[0]} mode {y[1]:o} through the server")
-        elif x[2] != y[2] and not (rel.endswith(".jsonl") and _lines(x[2]) == _lines(y[2])):
+        elif x[2] != y[2] and not (rel in reports and _lines(x[2]) == _lines(y[2])):
             lines.append(f"{rel}: content differs{_first_difference(x[2], y[2])}")
     return "; ".join(lines)
 
@@ -212,9 +236,10 @@ def _first_difference(a, b) -> str:
     return f" ({len(a)} vs {len(b)} bytes)"
 
 
-def restore(root: Path, snap: dict) -> None:
-    """Put ``root`` back as ``snap`` recorded it."""
-    now = snapshot_kinds(root)
+def restore(root: Path, snap: dict, current: dict) -> None:
+    """Put ``root`` back as ``snap`` recorded it; ``current``: its snapshot now (a file whose
+    bytes and mode are already right only gets its mtime back)."""
+    now = {rel: entry[0] for rel, entry in current.items()}
     for rel in sorted(set(now) - set(snap), key=lambda r: -r.count(os.sep)):
         path = os.path.join(root, rel)
         _writable_parent(path)
@@ -224,7 +249,7 @@ def restore(root: Path, snap: dict) -> None:
             os.unlink(path)
     dirs = []
     for rel in sorted(snap, key=lambda r: r.count(os.sep)):
-        kind, mode, content, mtime = snap[rel]
+        kind, mode, content, mtime, _ = snap[rel]
         path = os.path.join(root, rel)
         if kind == "dir":
             if now.get(rel) != "dir":
@@ -239,34 +264,24 @@ def restore(root: Path, snap: dict) -> None:
                     os.unlink(path)
                 os.symlink(content, path)
         elif kind == "file":
-            st = os.lstat(path) if os.path.lexists(path) else None
-            if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != len(content) or st.st_mtime_ns != mtime \
-                    or stat.S_IMODE(st.st_mode) != mode:
-                _writable_parent(path)
-                if st is not None and not stat.S_ISREG(st.st_mode):
-                    os.unlink(path)
-                if st is not None:
-                    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-                with open(path, "wb") as fh:
-                    fh.write(content)
-                os.chmod(path, mode)
-                os.utime(path, ns=(mtime, mtime))
+            here = current.get(rel)
+            if here is not None and here[:3] == ("file", mode, content):
+                if here[3] != mtime:
+                    os.utime(path, ns=(mtime, mtime))
+                continue
+            _writable_parent(path)
+            if here is not None and here[0] != "file":
+                os.unlink(path)
+            elif here is not None:
+                os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+            with open(path, "wb") as fh:
+                fh.write(content)
+            os.chmod(path, mode)
+            os.utime(path, ns=(mtime, mtime))
         elif not os.path.lexists(path) and stat.S_ISFIFO(mode):
             os.mkfifo(path, stat.S_IMODE(mode))
     for path, mode in reversed(dirs):
         os.chmod(path, mode)
-
-
-def snapshot_kinds(root: Path) -> dict:
-    out = {}
-    if not os.path.lexists(root):
-        return out
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(folder, name), root)] = "dir"
-        for name in files:
-            out[os.path.relpath(os.path.join(folder, name), root)] = "file"
-    return out
 
 
 def _writable_parent(path: str) -> None:
@@ -325,4 +340,5 @@ def harness():
 def pytest_terminal_summary(terminalreporter):
     if COUNTS:
         terminalreporter.write_line("parity harness (in-process vs through a server): "
-                                    + ", ".join(f"{n} {what}" for what, n in sorted(COUNTS.items())))
+                                    + ", ".join(f"{n} {what}" for what, n in sorted(COUNTS.items()))
+                                    + f"; {SECONDS[0]:.0f} s of its own")
