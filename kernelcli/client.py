@@ -253,22 +253,33 @@ def in_process() -> None:
 def main() -> None:
     """The console script."""
     args = sys.argv[1:]
-    if enabled(args):
-        try:
-            path = socket_path()
-        except UnusableDir as exc:
-            os.write(2, f"kernelcli: warning: {exc}; not using the resident server\n".encode())
-        else:
-            sock = connect(path, PID_DEADLINE)
-            if sock is not None:
-                try:
-                    code = run_through(sock, args)
-                finally:
-                    sock.close()
-                if code is not None:
-                    sys.exit(code)
-            start_in_background(path)
+    try:
+        code = _through_a_server(args) if enabled(args) else None
+    except KeyboardInterrupt:  # Ctrl-C before the signals were the worker's: as while loading, in-process
+        sys.exit(130)
+    if code is not None:
+        sys.exit(code)
     in_process()
+
+
+def _through_a_server(args: list[str]) -> int | None:
+    """The exit code of the call run by a server; None when it runs here (and a server is
+    started for the next call when none answered)."""
+    try:
+        path = socket_path()
+    except UnusableDir as exc:
+        os.write(2, f"kernelcli: warning: {exc}; not using the resident server\n".encode())
+        return None
+    sock = connect(path, PID_DEADLINE)
+    if sock is not None:
+        try:
+            code = run_through(sock, args)
+        finally:
+            sock.close()
+        if code is not None:
+            return code
+    start_in_background(path)
+    return None
 
 
 if __name__ == "__main__":

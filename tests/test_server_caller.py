@@ -596,16 +596,27 @@ def test_start_with_another_idle_time_says_the_running_server_keeps_its_own(plai
 # --------------------------------------------------------------------------- where a worker cannot
 
 def test_a_stopped_server_does_not_hang_a_call(folder):
+    """A server that does not answer (SIGSTOP) is passed by after 5 s with one warning; Ctrl-C
+    while waiting for it ends the call at once, as in-process; `server stop` ends it."""
     env = server_env(folder)
     server = int(start_server(env)["pid"])
     os.kill(server, signal.SIGSTOP)
     try:
         proc = subprocess.run(CLIENT + ["--version"], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.startswith("kernelcli, version")
+        assert proc.stderr == (f"kernelcli: warning: the resident server (pid {server}) did not answer in 5 s; "
+                               "running in this process\n")
+        waiting = subprocess.Popen(CLIENT + ["--version"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: any(os.readlink(f"/proc/{waiting.pid}/fd/{fd}").startswith("socket:")
+                             for fd in os.listdir(f"/proc/{waiting.pid}/fd")), 30, "the client to connect")
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=4)  # before the 5 s are up
+        assert (waiting.returncode, out, err) == (130, b"", b"")
+        stop = subprocess.run(CLIENT + ["server", "stop"], env=env, capture_output=True, text=True, timeout=60)
+        assert stop.stderr == f"stopped the server (pid {server})\n" and not alive(server)
     finally:
-        os.kill(server, signal.SIGCONT)
-    assert proc.returncode == 0 and proc.stdout.startswith("kernelcli, version")
-    assert proc.stderr == (f"kernelcli: warning: the resident server (pid {server}) did not answer in 5 s; "
-                           "running in this process\n")
+        if alive(server):
+            os.kill(server, signal.SIGCONT)
 
 
 def test_torch_threads_of_a_worker_are_a_fresh_processes():
