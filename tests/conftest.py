@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-pytest_plugins = ["tests.servers"]  # real S3 (SeaweedFS) and Dask servers, one each per session
+# real S3 (SeaweedFS) and Dask servers, one each per session; the parity harness (run() through a server too)
+pytest_plugins = ["tests.servers", "tests.parity"]
 
 # kernelcli border name → scipy.ndimage mode (see shared FACTS.md §3)
 SCIPY_MODE = {
@@ -48,12 +49,14 @@ def loop_correlate(x: np.ndarray, w: np.ndarray, stride=1, dilation=1, pad=0) ->
 
 
 def run(*args, input=None):
-    """The command line in-process: ``run("apply", "-k", "blur", path)``; stdout and stderr apart."""
-    from click.testing import CliRunner
+    """The command line in-process: ``run("apply", "-k", "blur", path)``; stdout and stderr apart.
+    The same call also runs through the real client and a resident server and must agree
+    (tests/parity.py); the in-process result is returned."""
+    from .parity import harness, invoke
 
-    from kernelcli.cli import main
-
-    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+    argv = [str(a) for a in args]
+    h = harness()
+    return invoke(argv, input) if h is None else h.run(argv, input)
 
 
 def gray_image(folder, rng, shape, name):

@@ -254,6 +254,16 @@ def test_no_server_is_accepted_after_every_command(photo, tmp_path):
     assert run("--no-server", "kernels", "list").exit_code == 0
 
 
+def test_the_client_honours_no_server_anywhere_before_a_double_dash(monkeypatch):
+    from kernelcli.client import enabled
+
+    monkeypatch.delenv("KERNELCLI_SERVER", raising=False)
+    assert enabled(["apply", "-k", "blur", "x.png"])
+    assert not enabled(["apply", "-k", "blur", "x.png", "--no-server"])
+    assert not enabled(["--no-server", "kernels", "list"])
+    assert enabled(["apply", "-k", "blur", "--", "--no-server"])  # a file named --no-server
+
+
 def test_an_output_name_without_a_format_names_the_choices_and_format_decides(photo, tmp_path):
     result = run("apply", "-k", "blur", photo, "-o", tmp_path / "newout")
     assert result.exit_code == 2

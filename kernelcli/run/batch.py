@@ -549,16 +549,18 @@ class Prefetch:
 def process_job(job: Job, *, read, render, write, stop: threading.Event) -> str:
     """Read the input once and write each of its outputs; "skipped" when all are kept.
 
-    ``render(raster, kernels, path) -> bytes``; ``stop`` is checked before each write so an
-    interrupt never starts a new file, and a file once started is finished whole.
+    ``render(raster, kernels, path) -> bytes``; ``stop`` is checked before the read and before
+    each render, so an interrupt starts no new work, and a result rendered when it comes is
+    still written, whole (the work is done: discarding it would only lose it).
     """
     todo = [o for o in job.outputs if not o.skip]
     if not todo:
         return "skipped"
+    if stop.is_set():
+        raise Interrupted()
     raster = read(job.source.path)
     for out in todo:
-        data = render(raster, out.kernels, out.path)
         if stop.is_set():
             raise Interrupted()
-        write(out.path, data)
+        write(out.path, render(raster, out.kernels, out.path))
     return "ok"

@@ -204,11 +204,18 @@ def warm_torch():
     return _torch_loading[0]
 
 
-def share_threads(workers: int) -> None:
-    """Split the cores between files in flight and torch's own threads."""
+@contextlib.contextmanager
+def share_threads(workers: int):
+    """Split the cores between files in flight and torch's own threads, for the run only: the
+    caller's thread count comes back after it (a Python user's torch is left as it was)."""
     import torch
 
+    previous = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def check_device(device) -> None:
@@ -712,8 +719,9 @@ def _execute(p: _Plan, renderer: Renderer, b: Batch, process, report, stop, on_d
                         on_done=on_done, on_note=warn)
         else:
             workers = b.jobs or os.cpu_count() or 1
-            share_threads(workers)
-            batch.run(p.jobs, lambda j: process(j, stop), workers=workers, report=report, stop=stop, on_done=on_done)
+            with share_threads(workers):
+                batch.run(p.jobs, lambda j: process(j, stop), workers=workers, report=report, stop=stop,
+                          on_done=on_done)
     except batch.Interrupted as exc:
         report.interrupted = exc.exit_code
     except WriteError as exc:
