@@ -1,7 +1,7 @@
 """kernelcli: named convolution kernels applied to images with torch.
 
 The library behind the ``kernelcli`` command. Importing it imports nothing else (the thin
-client ``kernelcli.client`` starts from here); the API lives in :mod:`kernelcli.api` and is
+client ``kernelcli.server.client`` starts from here); the API lives in :mod:`kernelcli.api` and is
 loaded on first use::
 
     import kernelcli
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):  # PEP 562: the API on first use, so `import kernelcli.client` stays light
+def __getattr__(name):  # PEP 562: the API on first use, so `import kernelcli.server.client` stays light
     if name in __all__:
         from . import api
 

@@ -52,7 +52,7 @@ def run(*args, input=None):
     """The command line in-process: ``run("apply", "-k", "blur", path)``; stdout and stderr apart.
     The same call also runs through the real client and a resident server and must agree
     (tests/parity.py); the in-process result is returned."""
-    from .parity import harness, invoke
+    from tests.parity import harness, invoke
 
     argv = [str(a) for a in args]
     h = harness()

@@ -33,7 +33,7 @@ IN_PROCESS_MARK = b"\0parity: no server took the call\n"
 # or a worker declined) it says so and exits: a call the harness compares did run in a worker.
 CLIENT = [sys.executable, "-c",
           "import os, sys\n"
-          "from kernelcli import client\n"
+          "from kernelcli.server import client\n"
           f"client.in_process = lambda: (os.write(2, {IN_PROCESS_MARK!r}), sys.exit(97))\n"
           "client.start_in_background = lambda *a, **k: None\n"
           "sys.argv[0] = 'kernelcli'\n"
@@ -157,13 +157,13 @@ class Harness:
 
     def start_server(self, env) -> None:
         """A server for this environment (a test that sets a variable the stamp covers needs its own)."""
-        proc = subprocess.run([sys.executable, "-m", "kernelcli.client", "server", "start"], env=env,
+        proc = subprocess.run([sys.executable, "-m", "kernelcli.server.client", "server", "start"], env=env,
                               capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr
         self.started.add(proc.stderr)
 
     def stop_servers(self) -> None:
-        subprocess.run([sys.executable, "-m", "kernelcli.client", "server", "stop", "--all"], env=self.env(),
+        subprocess.run([sys.executable, "-m", "kernelcli.server.client", "server", "stop", "--all"], env=self.env(),
                        capture_output=True, timeout=120)
 
 

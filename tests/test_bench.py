@@ -63,7 +63,7 @@ def test_kernelcli_runs_as_a_user_calls_it(tmp_path):
     assert {tool for tools in alone.values() for tool in tools} == {"kernelcli", "kernelcli --no-server"}
     both = bench.commands(tmp_path, w1, photo, PEERS, 90, "cuda")
     kc = bench.client()
-    assert kc[-1].endswith("kernelcli") or kc[-1] == "kernelcli.client"
+    assert kc[-1].endswith("kernelcli") or kc[-1] == "kernelcli.server.client"
     for name, kernel in (("W2", "sharpen"), ("W3", "gaussian:5"), ("W9", "box:15"), ("W10", "log:2")):
         argv = both[name]["kernelcli"]
         assert argv[:len(kc)] == kc and argv[len(kc):len(kc) + 3] == ["apply", "-k", kernel]

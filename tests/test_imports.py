@@ -109,9 +109,9 @@ FLOORS = [
     {"kernelcli.compute"},                           # options, the engine plan, filters, borders, mapping, budget
     {"kernelcli.teach", "kernelcli.console"},        # grids, toolkit, explain, animate; stderr and tables
     {"kernelcli.run"},                               # a whole job: plan, per-job step, executors, report
-    {"kernelcli.api", "kernelcli.bench", "kernelcli.protocol", "kernelcli.service", "kernelcli.caller"},
+    {"kernelcli.api", "kernelcli.bench", "kernelcli.server.protocol", "kernelcli.server.service", "kernelcli.server.caller"},
     {"kernelcli.cli", "kernelcli"},                  # the commands; the package's lazy front door
-    {"kernelcli.__main__", "kernelcli.client", "kernelcli.server", "kernelcli.worker"},  # entry points: they start the CLI
+    {"kernelcli.__main__", "kernelcli.server.client", "kernelcli.server.daemon", "kernelcli.server.worker"},  # entry points: they start the CLI
 ]
 
 

@@ -255,7 +255,7 @@ def test_no_server_is_accepted_after_every_command(photo, tmp_path):
 
 
 def test_the_client_honours_no_server_anywhere_before_a_double_dash(monkeypatch):
-    from kernelcli.client import enabled
+    from kernelcli.server.client import enabled
 
     monkeypatch.delenv("KERNELCLI_SERVER", raising=False)
     assert enabled(["apply", "-k", "blur", "x.png"])

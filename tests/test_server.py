@@ -2,7 +2,7 @@
 
 Servers live in socket folders under a temporary folder and are stopped by PID. The CLI cases
 at the top run twice, in-process (``python -m kernelcli``) and through a server (``python -m
-kernelcli.client``), and must give the same bytes on stdout, the same stderr and exit code.
+kernelcli.server.client``), and must give the same bytes on stdout, the same stderr and exit code.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 IN_PROCESS = [sys.executable, "-m", "kernelcli"]
-CLIENT = [sys.executable, "-m", "kernelcli.client"]
+CLIENT = [sys.executable, "-m", "kernelcli.server.client"]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the server is Linux-only")
 
 
@@ -52,7 +52,7 @@ def wait_for(predicate, timeout=60.0, what="condition"):
 
 
 def alive(pid: int) -> bool:
-    from kernelcli.service import _alive
+    from kernelcli.server.service import _alive
 
     return _alive(pid)
 
@@ -369,7 +369,7 @@ def test_off_switch_and_no_server_flag_run_in_process(tmp_path):
 
 
 def test_socket_folder_must_be_private(tmp_path, monkeypatch):
-    from kernelcli import client
+    from kernelcli.server import client
 
     open_dir = tmp_path / "open"
     open_dir.mkdir(mode=0o755)
@@ -397,7 +397,7 @@ def test_insecure_folder_warns_and_runs_in_process(tmp_path):
 
 
 def test_stamp_follows_the_environment_the_server_cannot_change(monkeypatch):
-    from kernelcli import client
+    from kernelcli.server import client
 
     base = client.stamp()
     for name in ("OMP_NUM_THREADS", "LD_PRELOAD", "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "XDG_CONFIG_HOME", "LANG"):
@@ -412,7 +412,7 @@ def test_stamp_follows_the_environment_the_server_cannot_change(monkeypatch):
 # --------------------------------------------------------------------------- light client, fork safety
 
 def test_client_imports_only_the_standard_library():
-    code = ("import sys, kernelcli.client as c; c.enabled([]); c.stamp(); "
+    code = ("import sys, kernelcli.server.client as c; c.enabled([]); c.stamp(); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "{'click', 'numpy', 'yaml', 'torch', 'PIL', 'rich'} or m in {'kernelcli.api', 'kernelcli.cli'}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -425,7 +425,7 @@ def test_fork_after_warm_up_does_not_hang():
     """The server's warm-up leaves torch forkable: a child runs a multi-threaded op at once."""
     code = (
         "import os, sys, torch\n"
-        "from kernelcli import server\n"
+        "from kernelcli.server import daemon as server\n"
         "threads = server.warm_up()\n"
         "assert not torch.cuda.is_initialized()\n"
         "pid = os.fork()\n"

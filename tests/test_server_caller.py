@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernelcli.protocol import STAMP_ENV_NAMES, STAMP_ENV_PREFIXES
+from kernelcli.server.protocol import STAMP_ENV_NAMES, STAMP_ENV_PREFIXES
 
-from .test_server import (CLIENT, ROOT, SAMPLES, _slow_batch, _worker_of, alive, requests_served, served,  # noqa: F401
+from tests.test_server import (CLIENT, ROOT, SAMPLES, _slow_batch, _worker_of, alive, requests_served, served,  # noqa: F401
                           server_env, start_server, status, stop_all_started, stop_by_pid, wait_for)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the server is Linux-only")
@@ -514,18 +514,18 @@ def test_an_edit_under_the_cli_package_means_a_new_server(tmp_path):
 
 
 def test_the_stamp_covers_every_file_of_the_package_and_kernels_yaml():
-    from kernelcli import protocol
+    from kernelcli.server import protocol
 
     files = protocol._package_files(protocol.PACKAGE)
     names = {os.path.relpath(f, protocol.PACKAGE) for f in files}
-    assert {"cli/apply.py", "cli/server.py", "kernels/kernels.yaml", "compute/filters.py", "server.py"} <= names
+    assert {"cli/apply.py", "cli/server.py", "kernels/kernels.yaml", "compute/filters.py", "server/daemon.py"} <= names
     assert not any("__pycache__" in n for n in names)
 
 
 # --------------------------------------------------------------------------- the socket folder (item 9)
 
 def test_a_stale_runtime_folder_falls_back_to_tmp(monkeypatch):
-    from kernelcli import protocol
+    from kernelcli.server import protocol
 
     monkeypatch.delenv("KERNELCLI_SERVER_DIR", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/nonexistent/run/user/1000")
@@ -622,7 +622,7 @@ def test_a_stopped_server_does_not_hang_a_call(folder):
 def test_torch_threads_of_a_worker_are_a_fresh_processes():
     """The formula a worker uses (worker.fresh_threads) against real fresh processes."""
     need("taskset")
-    from kernelcli.worker import fresh_threads
+    from kernelcli.server.worker import fresh_threads
 
     code = "import torch; print(torch.get_num_threads())"
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}

@@ -13,7 +13,7 @@ import kernelcli
 
 SCRIPT = """
 import sys
-from kernelcli import server
+from kernelcli.server import daemon as server
 server.warm_up()
 before = set(sys.modules)
 sys.argv = ["kernelcli", "apply", "-k", "sharpen", sys.argv[1], "-o", sys.argv[2]]

@@ -170,7 +170,7 @@ def client() -> list[str]:
     """The ``kernelcli`` command as a user calls it: the installed script beside this
     interpreter, else the same client module run by it."""
     script = Path(sys.executable).parent / "kernelcli"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "kernelcli.client"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kernelcli.server.client"]
 
 
 def commands(work: Path, w1: Path, photo_path: Path, tools: dict[str, str], quality: int, device: str | None):
@@ -340,7 +340,7 @@ def bench(work: Path, *, repeat: int = 3, quality: int = 90, device: str | None 
 def _server(log):
     """The resident server for the run: the one that runs, else one started now and stopped
     after; None where ``KERNELCLI_SERVER=off`` (then every call runs in its own process)."""
-    from .. import service
+    from ..server import service
 
     if os.environ.get("KERNELCLI_SERVER", "").strip().lower() in ("off", "0", "no", "false"):
         log("KERNELCLI_SERVER=off: kernelcli calls run without the server")

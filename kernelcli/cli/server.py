@@ -1,4 +1,4 @@
-"""kernelcli server start | stop | status (kernelcli.service)."""
+"""kernelcli server start | stop | status (kernelcli.server.service)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def server_group():
               help="Exit after this long without requests  [default: 600; env KERNELCLI_SERVER_IDLE].")
 def server_start(idle):
     """Start the server now, unless one runs for this install."""
-    from .. import service
+    from ..server import service
 
     info, started = service.ensure(idle)
     if started:
@@ -37,7 +37,7 @@ def server_start(idle):
 @click.option("--all", "every", is_flag=True, help=ALL_HELP)
 def server_stop(every):
     """Stop the server (requests in progress finish first)."""
-    from .. import service
+    from ..server import service
 
     if every:
         pids = service.stop_all()
@@ -51,7 +51,7 @@ def server_stop(every):
 @click.option("--all", "every", is_flag=True, help=ALL_HELP)
 def server_status(every):
     """Print pid, socket, uptime, requests served and memory (exit 1 if none runs)."""
-    from .. import service
+    from ..server import service
 
     infos = service.statuses() if every else [i for i in [service.status()] if i]
     if not infos:

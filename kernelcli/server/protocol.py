@@ -2,12 +2,12 @@
 `kernelcli server start|stop|status`: where the socket lives (a private folder, a name holding a
 stamp of the install and of the caller's context) and how a request is encoded and decoded:
 what every call needs, kept small (a call compiles it where no bytecode cache is written).
-Standard library only, and nothing of kernelcli but kernelcli.caller, so every side can build on
-it; starting a server and asking one for its status are kernelcli.service's.
+Standard library only, and nothing of kernelcli but kernelcli.server.caller, so every side can build on
+it; starting a server and asking one for its status are kernelcli.server.service's.
 
 Request: ``>I`` length, then NUL-separated fields: verb (``run``, ``status``, ``stop``), umask,
 argv[0], argc, argv…, the number of caller fields, ``name=value`` caller fields
-(kernelcli.caller.read), then ``NAME=VALUE`` environment entries. With the first bytes of a
+(kernelcli.server.caller.read), then ``NAME=VALUE`` environment entries. With the first bytes of a
 ``run`` ride fds 0, 1, 2, the working folder and the caller's other inheritable fds (in the
 order of its ``fds`` field).
 """
@@ -32,7 +32,7 @@ STAMP_ENV_NAMES = ("LANG", "LANGUAGE", "HOME", "XDG_CONFIG_HOME", "GLIBC_TUNABLE
 STAMP_PACKAGES = {"torch": ("version.py", "lib/libtorch_cpu.so"), "numpy": ("version.py",), "PIL": ("_version.py",),
                   "click": (), "rich": (), "yaml": ()}
 SUN_PATH_MAX = 107  # bytes of an AF_UNIX path (108 with its NUL)
-PACKAGE = os.path.dirname(os.path.abspath(__file__))
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # kernelcli/, above kernelcli/server/
 
 
 class UnusableDir(Exception):
@@ -85,7 +85,7 @@ def stamp() -> str:
     """A hash of what a running server cannot change: this install (every file of the kernelcli
     package, kernels.yaml, the packages it keeps loaded, the site-packages listing, the
     interpreter, the protocol), the environment read at start, and the caller's context
-    (kernelcli.caller.context)."""
+    (kernelcli.server.caller.context)."""
     import zlib
 
     from .caller import context

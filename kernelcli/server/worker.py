@@ -1,4 +1,4 @@
-"""A server worker taking on its caller's process (fields read by kernelcli.caller in the
+"""A server worker taking on its caller's process (fields read by kernelcli.server.caller in the
 client): fds at their numbers (:func:`place_fds`), scheduling policy, nice value, CPUs, I/O
 priority, OOM adjustment and limits (:func:`take_on`, in an order that keeps the server's
 privileges for as long as they are needed), torch's thread count (:func:`fresh_threads`),

@@ -4,14 +4,14 @@ Standard library only, so a call costs a bare interpreter start (~20 ms), not ``
 (~1.8 s). It connects to a Unix socket and passes what makes the call its own: fds 0/1/2, its
 other inheritable fds and its working folder with SCM_RIGHTS, argv, environment and umask, and
 its process attributes (limits, priority, CPUs, signal mask and ignored signals:
-kernelcli.caller). The server's worker takes them on, tells its pid, and runs once this client
+kernelcli.server.caller). The server's worker takes them on, tells its pid, and runs once this client
 says go; the client forwards signals to it and exits with its status. When no server answers,
 or the worker cannot take the caller on, it runs the command in this process exactly as
 ``python -m kernelcli`` does (and starts a server in the background for the next call).
 ``KERNELCLI_SERVER=off`` or ``kernelcli --no-server …`` never use one.
 
 Protocol (version ``PROTOCOL``; the socket name carries it, so client and server always agree):
-the request is described in kernelcli.protocol. The server greets each connection with
+the request is described in kernelcli.server.protocol. The server greets each connection with
 ``ready`` (the request and its fds follow only then). Replies are lines: ``pid N`` from the worker
 (its process group is N), answered by ``go`` from the client; then ``exit N`` from the worker,
 or ``signal N`` from the server when the worker died by a signal. ``status``: one ``key=value``
@@ -237,7 +237,7 @@ def _die_by(sig: int) -> None:
 
 
 def start_in_background(path: str) -> None:
-    """A server for the next call (kernelcli.service, loaded only on this path)."""
+    """A server for the next call (kernelcli.server.service, loaded only on this path)."""
     from .service import start_in_background as start
 
     start(path)

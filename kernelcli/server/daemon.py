@@ -4,7 +4,7 @@ worker per request (Mercurial chg's design; the client is client.py, the wire pr
 A call through it is the caller's call. The server starts clean (service.start_in_background:
 minimal environment, no inherited fds or signal state, its own session, soft limits at the hard
 ones; then worker.clean_scheduling). A worker takes on everything of its own caller's process
-(kernelcli.worker: fds, limits, nice, scheduling, CPUs, I/O priority, OOM adjustment, signal
+(kernelcli.server.worker: fds, limits, nice, scheduling, CPUs, I/O priority, OOM adjustment, signal
 dispositions and mask; here: working folder, environment, umask, argv) and nothing of any other
 caller's; where it cannot, it declines before telling its pid and the client runs the command
 itself. A worker answers its client directly and watches it: a client that goes away takes its
@@ -70,12 +70,12 @@ def warm_up() -> int:
     import simplejpeg  # noqa: F401  (images' JPEG codec)
 
     # every module a call imports, so that no worker compiles one
-    from . import cli  # noqa: F401
-    from .compute import bands, budget, convolve, engine, fast, filters, mapping, options, shapes  # noqa: F401
-    from .io import images, storage  # noqa: F401
-    from .kernels import analysis, generate, library as kernels  # noqa: F401
-    from .run import batch, runner  # noqa: F401
-    from .teach import animate, explain, grid, toolkit  # noqa: F401
+    from .. import cli  # noqa: F401
+    from ..compute import bands, budget, convolve, engine, fast, filters, mapping, options, shapes  # noqa: F401
+    from ..io import images, storage  # noqa: F401
+    from ..kernels import analysis, generate, library as kernels  # noqa: F401
+    from ..run import batch, runner  # noqa: F401
+    from ..teach import animate, explain, grid, toolkit  # noqa: F401
 
     kernels.load_file(kernels.shipped_path())  # parsed once here; workers reuse it while it is unchanged
     torch.nn.functional.conv2d(torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 3, 3))
@@ -401,7 +401,7 @@ class Server:
 
             torch.set_num_threads(worker.fresh_threads(self.threads, len(caller.ints(request.caller["cpus"])),
                                                        self.environ))
-            from .cli import run
+            from ..cli import run
 
             worker.set_signals(request.caller)
             worker.block_signals(request.caller)
@@ -597,7 +597,7 @@ MIN_OPEN_FILES = 64  # a server that may hold fewer fds cannot serve (each call 
 
 
 def main(argv=None) -> None:
-    """``python -c 'import kernelcli.server as s; s.main(…)' --socket PATH [--idle S] [--lock-fd N]``;
+    """``python -c 'import kernelcli.server.daemon as s; s.main(…)' --socket PATH [--idle S] [--lock-fd N]``;
     started by the client (protocol.start_in_background), in its own session."""
     import resource
 

@@ -1,6 +1,6 @@
 """Managing resident servers, as a client does: through their sockets (`kernelcli server
 start|stop|status`, and the thin client when no server answers: :func:`start_in_background`).
-The server itself (kernelcli.server) runs the CLI, so the CLI reaches it only from here, never
+The server itself (kernelcli.server.daemon) runs the CLI, so the CLI reaches it only from here, never
 by importing it."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def start(idle: float | None = None, timeout: float = 60.0) -> dict:
 def ensure(idle: float | None = None, timeout: float = 60.0) -> tuple[dict, bool]:
     """Start a server (unless one runs) and wait until it answers: its status, and whether it
     was started now (False: one was running, with its own idle time)."""
-    from .errors import KernelcliError
+    from ..errors import KernelcliError
 
     path = _path()
     running = ask(path, "status")
@@ -100,7 +100,7 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def _folder() -> str:
-    from .errors import UsageError
+    from ..errors import UsageError
 
     try:
         return proto.socket_dir()
@@ -109,7 +109,7 @@ def _folder() -> str:
 
 
 def _path() -> str:
-    from .errors import UsageError
+    from ..errors import UsageError
 
     try:
         return proto.socket_path()
@@ -184,7 +184,7 @@ def start_in_background(path: str, idle: float | None = None) -> int | None:
     The server starts clean, whoever this caller is: the environment the stamp covers and
     nothing else, no open fds but its log and the lock, no blocked or ignored signals, its own
     session, soft limits at the hard ones (:func:`server_limits`); it resets its scheduling
-    itself (kernelcli.worker.clean_scheduling)."""
+    itself (kernelcli.server.worker.clean_scheduling)."""
     import fcntl
 
     try:
@@ -205,7 +205,7 @@ def start_in_background(path: str, idle: float | None = None) -> int | None:
         root = os.path.dirname(PACKAGE)
         log = os.path.join(os.path.dirname(path), "server.log")
         argv = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                "import kernelcli.server as s; s.main(sys.argv[2:])",
+                "import kernelcli.server.daemon as s; s.main(sys.argv[2:])",
                 root, "--socket", path, "--idle", str(idle), "--lock-fd", str(lock)]
         os.set_inheritable(lock, True)
         return _spawn(argv, log, keep=lock)

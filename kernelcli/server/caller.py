@@ -3,8 +3,8 @@ client in well under a millisecond (standard library only): resource limits (eve
 soft and hard), nice value, scheduling policy, CPU affinity, OOM score adjustment, inheritable
 fds, blocked signals and ignored signal dispositions, as text fields of the request; and the
 caller's context (:func:`context`), which keys the server. A worker takes them on
-(kernelcli.worker), reads the I/O priority from the peer itself, and gets environment, working
-folder, umask and argv from the request (kernelcli.protocol).
+(kernelcli.server.worker), reads the I/O priority from the peer itself, and gets environment, working
+folder, umask and argv from the request (kernelcli.server.protocol).
 """
 
 from __future__ import annotations
